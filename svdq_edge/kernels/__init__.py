@@ -1,0 +1,103 @@
+"""The one dispatch point for compute kernels.
+
+Model code calls `kernels.matmul(w, x)` etc. and never imports numba, cffi or CUDA. A backend is
+chosen once, at import: `SVDQ_EDGE_BACKEND=c|numba|numpy` forces one; otherwise the C SIMD module
+when it compiled, else Numba.
+
+Backend module contract (ref.py, cpu_numba.py, cpu_c.py each provide it):
+    matmul(data, qtype, x, out)      data: uint8 (rows, row_bytes) GGML blocks of W (rows, cols)
+                                     x: float32 (n, cols), out: float32 (n, rows); out = x @ W.T
+    get_rows(data, qtype, ids, out)  ids: int64 (m,), out: float32 (m, cols); dequantized rows
+    set_threads(n)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..quants import LAYOUTS, row_bytes, type_name
+
+
+@dataclass(frozen=True)
+class QWeight:
+    """A weight matrix W (rows, cols) kept in its GGML blocks. data: uint8 (rows, row_bytes)."""
+    name: str
+    qtype: int
+    rows: int
+    cols: int
+    data: np.ndarray
+
+    def __post_init__(self):
+        want = row_bytes(self.qtype, self.cols)
+        if self.data.dtype != np.uint8 or self.data.shape != (self.rows, want):
+            raise ValueError(
+                f"{self.name}: {type_name(self.qtype)} data has shape {self.data.shape} "
+                f"{self.data.dtype}, expected ({self.rows}, {want}) uint8")
+
+
+_BACKENDS = ("c", "numba", "numpy")
+
+
+def _load_backend(name: str):
+    if name == "numpy":
+        from . import ref as mod
+    elif name == "numba":
+        from . import cpu_numba as mod
+    elif name == "c":
+        from . import cpu_c as mod
+    else:
+        raise ValueError(f"SVDQ_EDGE_BACKEND={name!r}: expected one of {', '.join(_BACKENDS)}")
+    return mod
+
+
+def _choose():
+    forced = os.environ.get("SVDQ_EDGE_BACKEND", "").strip().lower()
+    if forced:
+        return forced, _load_backend(forced)
+    for name in ("c", "numba"):
+        try:
+            return name, _load_backend(name)
+        except Exception:  # compiler or module missing: fall through to the next backend
+            continue
+    return "numpy", _load_backend("numpy")
+
+
+BACKEND_NAME, _backend = _choose()
+
+
+def backend_name() -> str:
+    return BACKEND_NAME
+
+
+def set_threads(n: int) -> None:
+    _backend.set_threads(int(n))
+
+
+def matmul(w: QWeight, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x: float32 (n, cols) -> out: float32 (n, rows) = x @ W.T, straight from the GGML blocks."""
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.shape[1] != w.cols:
+        raise ValueError(f"{w.name}: input has {x.shape[1]} columns, weight has {w.cols}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if out is None:
+        out = np.empty((x.shape[0], w.rows), dtype=np.float32)
+    _backend.matmul(w.data, int(w.qtype), x, out)
+    return out
+
+
+def get_rows(w: QWeight, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """ids: int (m,) -> out: float32 (m, cols), the dequantized rows (embedding lookup)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= w.rows):
+        raise ValueError(f"{w.name}: token id out of range 0..{w.rows - 1}")
+    if out is None:
+        out = np.empty((ids.shape[0], w.cols), dtype=np.float32)
+    _backend.get_rows(w.data, int(w.qtype), ids, out)
+    return out
+
+
+def block_elems(qtype: int) -> int:
+    return LAYOUTS[qtype][0]

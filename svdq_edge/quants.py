@@ -1,0 +1,44 @@
+"""GGML block layouts as a table (cf. gguf-py's GGML_QUANT_SIZES).
+
+Each entry: (elements per block, bytes per block), with the byte sum spelled out.
+"""
+from __future__ import annotations
+
+from gguf import GGMLQuantizationType as T
+
+QK_K = 256
+
+# qtype -> (block elements, block bytes)
+LAYOUTS: dict[int, tuple[int, int]] = {
+    T.F32: (1, 4),
+    T.F16: (1, 2),
+    T.BF16: (1, 2),
+    T.Q4_0: (32, 2 + 16),                                # d, 32 nibbles
+    T.Q4_1: (32, 2 + 2 + 16),                            # d, m, 32 nibbles
+    T.Q5_0: (32, 2 + 4 + 16),                            # d, qh (32 high bits), 32 nibbles
+    T.Q5_1: (32, 2 + 2 + 4 + 16),                        # d, m, qh, 32 nibbles
+    T.Q8_0: (32, 2 + 32),                                # d, 32 int8
+    T.Q4_K: (QK_K, 2 + 2 + 12 + QK_K // 2),              # d, dmin, 6-bit scales/mins, nibbles
+    T.Q5_K: (QK_K, 2 + 2 + 12 + QK_K // 8 + QK_K // 2),  # d, dmin, scales, qh, nibbles
+    T.Q6_K: (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),  # ql, qh, int8 scales, d
+    T.Q8_K: (QK_K, 4 + QK_K + QK_K // 16 * 2),           # f32 d, 256 int8, int16 bsums
+}
+
+SUPPORTED = frozenset(LAYOUTS)
+
+
+def type_name(qtype: int) -> str:
+    try:
+        return T(qtype).name
+    except ValueError:
+        return f"type {qtype}"
+
+
+def row_bytes(qtype: int, n_cols: int) -> int:
+    """Bytes of one row of n_cols elements; fails loudly when the row does not fill whole blocks."""
+    if qtype not in LAYOUTS:
+        raise ValueError(f"unsupported tensor type {type_name(qtype)}")
+    blk, nbytes = LAYOUTS[qtype]
+    if n_cols % blk:
+        raise ValueError(f"row size {n_cols} is not a multiple of {type_name(qtype)} block size {blk}")
+    return n_cols // blk * nbytes
