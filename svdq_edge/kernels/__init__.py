@@ -52,27 +52,37 @@ def _load_backend(name: str):
     return mod
 
 
-def _choose():
-    forced = os.environ.get("SVDQ_EDGE_BACKEND", "").strip().lower()
+BACKEND_NAME: str | None = None
+_backend = None
+
+
+def use_backend(name: str | None = None):
+    """Choose the backend once: `name`, else $SVDQ_EDGE_BACKEND, else c -> numba -> numpy."""
+    global BACKEND_NAME, _backend
+    forced = (name or os.environ.get("SVDQ_EDGE_BACKEND", "")).strip().lower()
     if forced:
-        return forced, _load_backend(forced)
-    for name in ("c", "numba"):
+        BACKEND_NAME, _backend = forced, _load_backend(forced)
+        return _backend
+    for cand in ("c", "numba", "numpy"):
         try:
-            return name, _load_backend(name)
+            BACKEND_NAME, _backend = cand, _load_backend(cand)
+            return _backend
         except Exception:  # compiler or module missing: fall through to the next backend
             continue
-    return "numpy", _load_backend("numpy")
+    raise RuntimeError("no compute backend could be loaded")
 
 
-BACKEND_NAME, _backend = _choose()
+def backend():
+    return _backend if _backend is not None else use_backend()
 
 
 def backend_name() -> str:
+    backend()
     return BACKEND_NAME
 
 
 def set_threads(n: int) -> None:
-    _backend.set_threads(int(n))
+    backend().set_threads(int(n))
 
 
 def matmul(w: QWeight, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -84,7 +94,7 @@ def matmul(w: QWeight, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     x = np.ascontiguousarray(x, dtype=np.float32)
     if out is None:
         out = np.empty((x.shape[0], w.rows), dtype=np.float32)
-    _backend.matmul(w.data, int(w.qtype), x, out)
+    backend().matmul(w.data, int(w.qtype), x, out)
     return out
 
 
@@ -95,7 +105,7 @@ def get_rows(w: QWeight, ids: np.ndarray, out: np.ndarray | None = None) -> np.n
         raise ValueError(f"{w.name}: token id out of range 0..{w.rows - 1}")
     if out is None:
         out = np.empty((ids.shape[0], w.cols), dtype=np.float32)
-    _backend.get_rows(w.data, int(w.qtype), ids, out)
+    backend().get_rows(w.data, int(w.qtype), ids, out)
     return out
 
 
