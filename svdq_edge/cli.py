@@ -93,9 +93,14 @@ def _load(args, **extra):
     from .kvcache.factory import options_from_args
     from .model import Model
     from .pull import resolve
+    opts = options_from_args(args)
+    if args.ctx_size < 0:
+        raise SvdqError(f"-c {args.ctx_size}: must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise SvdqError(f"-t {args.threads}: must be >= 1")
     name = getattr(args, "model_flag", None) or getattr(args, "model", None)
     path = resolve(name)
-    return Model(path, n_ctx=args.ctx_size, cache_options=options_from_args(args),
+    return Model(path, n_ctx=args.ctx_size, cache_options=opts,
                  chat_template_file=args.chat_template_file, threads=args.threads, **extra)
 
 

@@ -41,7 +41,6 @@ class Model:
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, cache_options=None,
                  chat_template_file: str | None = None, threads: int | None = None):
-        from .tokenizer import Tokenizer
         from .kvcache.factory import CacheOptions
         self.path = Path(path)
         self.gguf = GGUFFile(self.path)
@@ -53,6 +52,7 @@ class Model:
         self.n_ctx = n_ctx
         self.weights = load_weights(self.gguf, self.args)
         self.cache_dir = cache_dir_for(self.path)
+        from .tokenizer import Tokenizer
         self.tokenizer = Tokenizer.from_gguf(self.gguf, self.cache_dir)
         tk = self.tokenizer
         pieces = self.gguf.get("tokenizer.ggml.tokens") or []
