@@ -111,3 +111,14 @@ def get_rows(w: QWeight, ids: np.ndarray, out: np.ndarray | None = None) -> np.n
 
 def block_elems(qtype: int) -> int:
     return LAYOUTS[qtype][0]
+
+
+def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray,
+               block: int) -> np.ndarray:
+    """Scores of packed SVDq tokens straight from their codes (see svdq_ref for the layout):
+    qt float32 (m, r) projected queries -> float32 (m, nblk*block)."""
+    if backend_name() == "numpy":
+        from . import svdq_ref as mod
+    else:
+        from . import svdq_numba as mod
+    return mod.score(codes, scale, mn, widths, qt, block)

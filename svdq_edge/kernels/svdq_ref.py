@@ -1,0 +1,77 @@
+"""numpy oracle for the SVDq packed latent-K format.
+
+A block holds B tokens of one group's r latent channels, channels in singular-value order with
+non-increasing widths, so channels of one width are contiguous. Per width w in (8, 4, 2, 1), the
+n_w channels' codes are packed channel-major: codes_w (n_w, B*w/8) uint8, token t of a channel at
+byte (t*w)//8, bits (t*w)%8 .. +w (least significant first). Per block and channel, a scale and a
+min (f16): z = scale*code + min.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PACK_WIDTHS = (8, 4, 2, 1)
+
+
+def width_counts(widths: np.ndarray) -> tuple:
+    """widths (r,) -> (n8, n4, n2, n1)."""
+    return tuple(int(np.sum(widths == w)) for w in PACK_WIDTHS)
+
+
+def pack(codes: np.ndarray, w: int) -> np.ndarray:
+    """codes: uint8 (n, B) with values < 2**w -> packed uint8 (n, B*w/8)."""
+    n, B = codes.shape
+    per = 8 // w
+    c = codes.reshape(n, B // per, per).astype(np.uint8)
+    out = np.zeros((n, B // per), np.uint8)
+    for i in range(per):
+        out |= (c[:, :, i] << (w * i)).astype(np.uint8)
+    return out
+
+
+def unpack(packed: np.ndarray, w: int, B: int) -> np.ndarray:
+    """packed uint8 (n, B*w/8) -> codes uint8 (n, B)."""
+    per = 8 // w
+    mask = (1 << w) - 1
+    parts = [(packed >> (w * i)) & mask for i in range(per)]
+    return np.stack(parts, axis=2).reshape(packed.shape[0], B).astype(np.uint8)
+
+
+def quantize_block(z: np.ndarray, widths: np.ndarray):
+    """z: float32 (B, r) latent block -> (packed list per width, scale f16 (r,), min f16 (r,)).
+    Asymmetric min/max per channel; scale and min rounded to f16 before coding."""
+    B, r = z.shape
+    lo = z.min(axis=0).astype(np.float16)
+    hi = z.max(axis=0)
+    levels = (2.0 ** widths - 1).astype(np.float32)
+    scale = ((hi - lo.astype(np.float32)) / levels).astype(np.float16)
+    s32 = scale.astype(np.float32)
+    inv = np.where(s32 > 0, 1.0 / np.where(s32 > 0, s32, 1), 0.0)
+    codes = np.clip(np.rint((z - lo.astype(np.float32)) * inv), 0, levels).astype(np.uint8)   # (B, r)
+    packed = []
+    c0 = 0
+    for w, n in zip(PACK_WIDTHS, width_counts(widths)):
+        packed.append(pack(codes[:, c0:c0 + n].T.copy(), w) if n else np.zeros((0, B * w // 8), np.uint8))
+        c0 += n
+    return packed, scale, lo
+
+
+def dequantize_block(packed: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, B: int) -> np.ndarray:
+    """-> z float32 (B, r)."""
+    cols = []
+    for w, p in zip(PACK_WIDTHS, packed):
+        if p.shape[0]:
+            cols.append(unpack(p, w, B).T)
+    codes = np.concatenate(cols, axis=1).astype(np.float32)
+    return codes * scale.astype(np.float32) + mn.astype(np.float32)
+
+
+def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray, B: int) -> np.ndarray:
+    """codes: per width, uint8 (nblk, n_w, B*w/8); scale, mn: f16 (nblk, r); qt: float32 (m, r)
+    projected queries -> scores float32 (m, nblk*B) = qt . z for every packed token."""
+    nblk = scale.shape[0]
+    out = np.empty((qt.shape[0], nblk * B), np.float32)
+    for b in range(nblk):
+        z = dequantize_block([c[b] for c in codes], scale[b], mn[b], widths, B)
+        out[:, b * B:(b + 1) * B] = qt @ z.T
+    return out

@@ -1,0 +1,111 @@
+"""SVDq bases: per layer, the mean and right singular vectors of calibration keys, and the
+per-channel bit widths (a hand schedule or an allocation fitted to the measured spectrum)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .svdq_config import SVDqConfig
+
+# expected range of a block's values in standard deviations (64 Gaussian samples: ~4.9 sigma)
+RANGE_SIGMAS = 4.9
+
+
+def quant_error(var: np.ndarray, width: int) -> np.ndarray:
+    """Expected squared error of min/max quantization of a channel with variance var at width."""
+    if width == 0:
+        return var
+    step = RANGE_SIGMAS * np.sqrt(var) / (2 ** width - 1)
+    return step * step / 12.0
+
+
+def fit_widths(var: np.ndarray, budget_bits: float, overhead_bits: float = 0.5) -> np.ndarray:
+    """Greedy marginal allocation: var (D,) channel variances sorted descending -> widths (D,)
+    from {0,1,2,4,8}, non-increasing, with sum(width + overhead for used channels) <= budget*D.
+    overhead_bits: scale+min cost per used channel per token (2 x f16 per block of 64 = 0.5)."""
+    D = var.shape[0]
+    steps = {0: 1, 1: 2, 2: 4, 4: 8}
+    w = np.zeros(D, np.int64)
+    left = budget_bits * D
+    while True:
+        best, best_j, best_cost = 0.0, -1, 0.0
+        for j in range(D):
+            if w[j] == 8 or (j > 0 and w[j] >= w[j - 1]):
+                continue                       # keep widths non-increasing
+            nw = steps[int(w[j])]
+            cost = nw - w[j] + (overhead_bits if w[j] == 0 else 0.0)
+            if cost > left:
+                continue
+            gain = (quant_error(var[j], int(w[j])) - quant_error(var[j], nw)) / cost
+            if gain > best:
+                best, best_j, best_cost = gain, j, cost
+        if best_j < 0:
+            return w
+        w[best_j] = steps[int(w[best_j])]
+        left -= best_cost
+
+
+def schedule_widths(bits: tuple, D: int) -> np.ndarray:
+    """8 group widths -> per-channel widths (D,), D split into 8 equal groups."""
+    return np.repeat(np.asarray(bits, np.int64), D // 8)
+
+
+@dataclass
+class LayerBasis:
+    """One layer's bases. G groups (KV heads, or 1 for a per-layer basis) of dimension D."""
+    mean: np.ndarray      # (G, D) float32
+    V: np.ndarray         # (G, D, r) float32, columns = leading right singular vectors
+    sigma: np.ndarray     # (G, D) singular values / sqrt(T) (latent standard deviations)
+    widths: np.ndarray    # (r,) int, non-increasing, > 0, shared by the groups
+
+    @property
+    def r(self) -> int:
+        return self.V.shape[2]
+
+    def nbytes_stored(self) -> int:
+        """What the cache holds for the basis (f16 mean and V)."""
+        return 2 * (self.mean.size + self.V.size)
+
+
+def compute_basis(keys: np.ndarray, cfg: SVDqConfig) -> LayerBasis:
+    """keys: float32 (T, G, D) calibration keys (already grouped per head or per layer)."""
+    T, G, D = keys.shape
+    means, Vs, sig = [], [], []
+    for g in range(G):
+        k = keys[:, g, :].astype(np.float64)
+        mu = k.mean(axis=0)
+        _, s, vt = np.linalg.svd(k - mu, full_matrices=False)
+        s = np.concatenate([s, np.zeros(D - s.shape[0])])
+        Vfull = np.zeros((D, D))
+        Vfull[:, :vt.shape[0]] = vt.T
+        means.append(mu)
+        Vs.append(Vfull)
+        sig.append(s / np.sqrt(max(T, 1)))
+    sig = np.asarray(sig)
+    # one width layout per layer (all groups alike, so the packed arrays have one shape)
+    var = np.mean(sig ** 2, axis=0)
+    w = schedule_widths(cfg.bits, D) if cfg.bits is not None else fit_widths(var, cfg.budget)
+    r = max(1, int(np.count_nonzero(w)))
+    return LayerBasis(np.asarray(means, np.float32), np.asarray([v[:, :r] for v in Vs], np.float32),
+                      sig.astype(np.float32), w[:r].astype(np.int64))
+
+
+def save_bases(path, bases: list) -> None:
+    arrays = {}
+    for i, b in enumerate(bases):
+        if b is None:
+            continue
+        arrays[f"{i}.mean"], arrays[f"{i}.V"], arrays[f"{i}.sigma"], arrays[f"{i}.widths"] = b.mean, b.V, b.sigma, b.widths
+    np.savez(path, **arrays)
+
+
+def load_bases(path, n_layer: int) -> list:
+    z = np.load(path)
+    out = []
+    for i in range(n_layer):
+        if f"{i}.mean" in z:
+            out.append(LayerBasis(z[f"{i}.mean"], z[f"{i}.V"], z[f"{i}.sigma"], z[f"{i}.widths"]))
+        else:
+            out.append(None)
+    return out

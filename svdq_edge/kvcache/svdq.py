@@ -1,0 +1,226 @@
+"""The SVDq K cache: keys projected onto a per-head (or per-layer) SVD basis, the leading latent
+channels kept with more bits than the tail, codes bit-packed per block of tokens, and attention
+scores computed from the packed codes (never rebuilding K in the post-RoPE mode).
+
+Token layout by position: [0, S) sinks in f16 | [S, S + nblk*B) packed blocks | the f16 window of
+recent tokens up to offset. Values are stored f16 for every token.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..kernels import svdq_ref
+from .base import CacheSpec
+from .basis import LayerBasis
+from .svdq_config import SVDqConfig
+
+
+class SVDqCache:
+    def __init__(self, spec: CacheSpec, basis: LayerBasis, cfg: SVDqConfig):
+        self.spec, self.basis, self.cfg = spec, basis, cfg
+        self.offset = 0
+        H, KV, d = spec.n_head, spec.n_kv, spec.head_dim
+        self.G = KV if cfg.per_head else 1
+        self.D = d if cfg.per_head else KV * d
+        if basis.mean.shape != (self.G, self.D):
+            raise ValueError(f"layer {spec.layer}: basis is {basis.mean.shape}, cache needs ({self.G}, {self.D})")
+        self.B = cfg.block
+        self.counts = svdq_ref.width_counts(basis.widths)
+        self.r = basis.r
+        # basis kept as f16 (accounted) and a float32 working copy of the same values
+        self.V16 = basis.V.astype(np.float16)                     # (G, D, r)
+        self.mu16 = basis.mean.astype(np.float16)                 # (G, D)
+        self.Vf = self.V16.astype(np.float32)
+        self.muf = self.mu16.astype(np.float32)
+        self.nblk = 0
+        self.win_start = cfg.sinks                                # position of the first window token
+        self._cap_blk = 0
+        self._cap_tok = 0
+        self.codes = [np.empty((0, self.G, n, self.B * w // 8), np.uint8)
+                      for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (cap_blk, G, n_w, B*w/8)
+        self.scale = np.empty((0, self.G, self.r), np.float16)    # (cap_blk, G, r)
+        self.mn = np.empty((0, self.G, self.r), np.float16)       # (cap_blk, G, r)
+        self.kfull = np.empty((0, KV, d), np.float16)             # (cap_tok, KV, d) sinks + window keys, by position
+        self.v = np.empty((0, KV, d), np.float16)                 # (cap_tok, KV, d)
+
+    # -- storage ----------------------------------------------------------------------------------
+    def _grow(self, arr, cap):
+        new = np.empty((cap,) + arr.shape[1:], arr.dtype)
+        new[: arr.shape[0]] = arr
+        return new
+
+    def _reserve(self, n_tok: int) -> None:
+        if n_tok > self.spec.n_ctx:
+            raise ValueError(f"context full: {n_tok} tokens > n_ctx {self.spec.n_ctx}")
+        if n_tok > self._cap_tok:
+            cap = min(max(n_tok, 2 * self._cap_tok, 256), self.spec.n_ctx)
+            self.v = self._grow(self.v, cap)
+            self._cap_tok = cap
+        # full-precision keys only for sinks and the window; stored by position in a buffer that
+        # is compacted on flush (positions win_start.. map to rows S..)
+        need_k = self.cfg.sinks + (n_tok - self.win_start)
+        if need_k > self.kfull.shape[0]:
+            self.kfull = self._grow(self.kfull, max(need_k, 2 * self.kfull.shape[0], 64))
+
+    def _keys_in(self, k: np.ndarray, pos0: int) -> np.ndarray:
+        """Keys as stored: post-RoPE (default) or pre-RoPE."""
+        return k if self.cfg.pre_rope else self.spec.rope.apply(k, pos0)
+
+    def _group(self, k: np.ndarray) -> np.ndarray:
+        """(n, KV, d) -> (n, G, D)."""
+        return k.reshape(k.shape[0], self.G, self.D)
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        n = k.shape[0]
+        self._flush()
+        self._reserve(self.offset + n)
+        ks = self._keys_in(k, self.offset)
+        self.v[self.offset:self.offset + n] = v
+        S = self.cfg.sinks
+        # positions < S go to the sink rows, the rest to window rows S + (p - win_start)
+        ns = max(0, min(n, S - self.offset))
+        self.kfull[self.offset:self.offset + ns] = ks[:ns]
+        if ns < n:
+            base = S + (self.offset + ns - self.win_start)
+            self.kfull[base:base + n - ns] = ks[ns:]
+        self.offset += n
+
+    def _flush(self) -> None:
+        """Move whole blocks from the window into packed codes, keeping >= window tokens."""
+        S, B = self.cfg.sinks, self.B
+        while self.offset - self.win_start - B >= self.cfg.window:
+            rows = slice(S, S + B)
+            k = self.kfull[rows].astype(np.float32)                        # (B, KV, d)
+            z = np.einsum("bgd,gdr->bgr", self._group(k) - self.muf[None], self.Vf)   # (B, G, r)
+            if self.nblk == self._cap_blk:
+                cap = max(8, 2 * self._cap_blk)
+                self.codes = [self._grow(c, cap) for c in self.codes]
+                self.scale = self._grow(self.scale, cap)
+                self.mn = self._grow(self.mn, cap)
+                self._cap_blk = cap
+            for g in range(self.G):
+                packed, s, m = svdq_ref.quantize_block(z[:, g, :], self.basis.widths)
+                for c, p in zip(self.codes, packed):
+                    c[self.nblk, g] = p
+                self.scale[self.nblk, g] = s
+                self.mn[self.nblk, g] = m
+            self.nblk += 1
+            nwin = self.offset - self.win_start - B
+            self.kfull[S:S + nwin] = self.kfull[S + B:S + B + nwin]
+            self.win_start += B
+
+    # -- attention --------------------------------------------------------------------------------
+    def _packed_scores(self, q: np.ndarray) -> np.ndarray:
+        """q: (n, H, d) post-RoPE -> scores (n, H, nblk*B) of the packed tokens (unscaled)."""
+        n, H, d = q.shape
+        KV = self.spec.n_kv
+        grp = H // KV
+        out = np.empty((n, H, self.nblk * self.B), np.float32)
+        if self.nblk == 0:
+            return out
+        S = self.cfg.sinks
+        for g in range(self.G):
+            heads = range(g * grp, (g + 1) * grp) if self.cfg.per_head else range(H)
+            hs = list(heads)
+            qg = q[:, hs, :]                                                        # (n, h, d)
+            if not self.cfg.per_head:
+                # per-layer basis: place each head's query in its KV head's slot of the D vector
+                qpad = np.zeros((n, len(hs), self.D), np.float32)
+                for j, h in enumerate(hs):
+                    kv = h // grp
+                    qpad[:, j, kv * d:(kv + 1) * d] = q[:, h, :]
+                qg = qpad
+            codes = [c[:self.nblk, g] for c in self.codes]
+            if self.cfg.pre_rope:
+                out[:, hs, :] = self._prerope_scores(qg, g, codes)
+                continue
+            qt = qg.reshape(-1, self.D) @ self.Vf[g]                                 # (n*h, r)
+            base = qg.reshape(-1, self.D) @ self.muf[g]                              # (n*h,)
+            sc = kernels.svdq_score(codes, self.scale[:self.nblk, g], self.mn[:self.nblk, g],
+                                    self.basis.widths, qt, self.B)                   # (n*h, nblk*B)
+            out[:, hs, :] = (sc + base[:, None]).reshape(n, len(hs), -1)
+        return out
+
+    def _prerope_scores(self, qg, g, codes):
+        """Pre-RoPE basis: rebuild each packed key (r*D multiply-adds), rotate it to its position,
+        then dot: the cost the post-RoPE mode avoids."""
+        S, B = self.cfg.sinks, self.B
+        n, h, D = qg.shape
+        out = np.empty((n, h, self.nblk * B), np.float32)
+        d = self.spec.head_dim
+        for b in range(self.nblk):
+            z = svdq_ref.dequantize_block([c[b] for c in codes], self.scale[b, g], self.mn[b, g],
+                                          self.basis.widths, B)                       # (B, r)
+            k = z @ self.Vf[g].T + self.muf[g]                                        # (B, D)
+            k = self.spec.rope.apply(k.reshape(B, -1, d), S + b * B).reshape(B, D)
+            out[:, :, b * B:(b + 1) * B] = qg @ k.T
+        return out
+
+    def attend(self, q: np.ndarray, scale: float) -> np.ndarray:
+        n, H, d = q.shape
+        KV = self.spec.n_kv
+        grp = H // KV
+        S = min(self.cfg.sinks, self.offset)
+        q0 = self.offset - n
+        t_pack = self.nblk * self.B
+        n_win = max(0, self.offset - self.win_start)
+        rows = np.r_[0:S, self.cfg.sinks:self.cfg.sinks + n_win]
+        kf = self.kfull[rows].astype(np.float32)                                      # (S+win, KV, d)
+        win_pos = np.arange(self.win_start, self.win_start + n_win)
+        if self.cfg.pre_rope:
+            kf = self.spec.rope.apply_at(kf, np.concatenate([np.arange(S), win_pos]))
+        qg = q.reshape(n, KV, grp, d)
+        s_full = np.einsum("nkgd,tkd->nkgt", qg, kf, optimize=True).reshape(n, H, -1)   # (n, H, S+win)
+        s_pack = self._packed_scores(q)                                                # (n, H, t_pack)
+        scores = np.concatenate([s_full[:, :, :S], s_pack, s_full[:, :, S:]], axis=2) * scale
+        # causal mask by position (sinks | packed | window)
+        kpos = np.concatenate([np.arange(S), self.cfg.sinks + np.arange(t_pack), win_pos])
+        qpos = q0 + np.arange(n)
+        mask = kpos[None, :] > qpos[:, None]                                           # (n, T)
+        if mask.any():
+            scores[np.broadcast_to(mask[:, None, :], scores.shape)] = -np.inf
+        if self.cfg.topk is not None and t_pack > 0:
+            k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
+            if k < t_pack:
+                sp = scores[:, :, S:S + t_pack]
+                cut = np.partition(sp, t_pack - k, axis=2)[:, :, t_pack - k][:, :, None]
+                sp[sp < cut] = -np.inf
+        scores -= scores.max(axis=2, keepdims=True)
+        p = np.exp(scores)
+        p /= p.sum(axis=2, keepdims=True)                                               # (n, H, T)
+        T = self.offset
+        if self.cfg.topk is not None and n == 1:
+            # read V only where the softmax is nonzero (sinks, selected tokens, window)
+            out = np.empty((1, H, d), np.float32)
+            for kv in range(KV):
+                ph = p[0, kv * grp:(kv + 1) * grp]                                     # (grp, T)
+                idx = np.nonzero(ph.max(axis=0) > 0)[0]
+                out[0, kv * grp:(kv + 1) * grp] = ph[:, idx] @ self.v[idx, kv].astype(np.float32)
+            return out
+        v = self.v[:T].astype(np.float32)                                               # (T, KV, d)
+        pg = p.reshape(n, KV, grp, T)
+        return np.einsum("nkgt,tkd->nkgd", pg, v, optimize=True).reshape(n, H, d).astype(np.float32)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def trim(self, n: int) -> None:
+        if n >= self.offset:
+            return
+        if n < self.win_start and self.nblk:
+            raise ValueError("cannot rewind into packed SVDq blocks")
+        self.offset = max(0, n)
+
+    def nbytes(self) -> int:
+        """Bytes held for the current tokens: codes, scales, minima, basis, mean, f16 keys, V."""
+        return self.k_nbytes() + self.offset * self.spec.n_kv * self.spec.head_dim * 2
+
+    def k_nbytes(self) -> int:
+        codes = sum(self.nblk * self.G * n * (self.B * w // 8) for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts))
+        sm = 2 * self.nblk * self.G * self.r * 2
+        full = (min(self.cfg.sinks, self.offset) + max(0, self.offset - self.win_start)) * self.spec.n_kv * self.spec.head_dim * 2
+        basis = self.V16.nbytes + self.mu16.nbytes
+        return codes + sm + full + basis
+
+    def k_bits_per_elem(self) -> float:
+        n = max(self.offset, 1)
+        return 8.0 * self.k_nbytes() / (n * self.spec.n_kv * self.spec.head_dim)

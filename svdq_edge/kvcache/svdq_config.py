@@ -1,0 +1,69 @@
+"""SVDq K-cache configuration: bit schedule, basis choices, window, sparsity. Validated at start."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WIDTHS = (8, 4, 2, 1, 0)
+# named schedules: widths for 8 equal groups of latent channels in singular-value order
+PRESETS = {
+    "1.25": (4, 2, 2, 1, 1, 0, 0, 0),   # the paper's headline setting
+    "2.0": (8, 4, 2, 1, 1, 0, 0, 0),
+    "2.5": (8, 4, 4, 2, 1, 1, 0, 0),
+    "3.0": (8, 4, 4, 4, 2, 1, 1, 0),
+}
+
+
+@dataclass(frozen=True)
+class SVDqConfig:
+    bits: tuple | None = None      # 8 group widths; None -> fitted to the spectrum at `budget`
+    budget: float = 1.5            # code bits per element for the fitted allocation
+    block: int = 64                # tokens per scale/min block
+    window: int = 64               # recent tokens kept in f16
+    sinks: int = 4                 # first tokens kept in f16
+    pre_rope: bool = False         # basis of pre-RoPE keys (rebuild + rotate per token) vs post-RoPE
+    per_head: bool = True          # one basis per KV head vs one per layer over all KV heads
+    basis_source: str = "calibrated"   # calibrated | prompt
+    topk: float | None = None      # token sparsity: int count or fraction of packed tokens
+
+    def validate(self) -> None:
+        if self.bits is not None:
+            if len(self.bits) != 8:
+                raise ValueError(f"--svdq-bits needs 8 group widths, got {len(self.bits)}")
+            bad = [b for b in self.bits if b not in WIDTHS]
+            if bad:
+                raise ValueError(f"--svdq-bits: widths must be in {WIDTHS}, got {bad}")
+            if any(a < b for a, b in zip(self.bits, self.bits[1:])):
+                raise ValueError("--svdq-bits: widths must not increase (leading latent channels carry the most energy)")
+            if sum(self.bits) == 0:
+                raise ValueError("--svdq-bits: all groups dropped; keys would carry no information")
+        if not 0.0 < self.budget <= 8.0:
+            raise ValueError(f"--svdq-budget {self.budget}: must be in (0, 8]")
+        if self.block < 8 or self.block % 8:
+            raise ValueError(f"--svdq-block {self.block}: must be a multiple of 8, at least 8")
+        if self.window < self.block:
+            raise ValueError(f"--svdq-window {self.window} is smaller than the block ({self.block}): "
+                             "a block could not be flushed whole")
+        if self.sinks < 0:
+            raise ValueError(f"--svdq-sinks {self.sinks}: must be >= 0")
+        if self.basis_source not in ("calibrated", "prompt"):
+            raise ValueError(f"--svdq-basis {self.basis_source}: expected calibrated or prompt")
+        if self.topk is not None and self.topk <= 0:
+            raise ValueError(f"--svdq-topk {self.topk}: must be > 0 (a count, or a fraction below 1)")
+
+    @property
+    def nominal_bits(self) -> float:
+        return sum(self.bits) / 8 if self.bits is not None else self.budget
+
+
+def parse_bits(s: str) -> tuple | None:
+    """'4,2,2,1,1,0,0,0' or a preset name ('1.25', '2.0') or 'auto' (fitted)."""
+    s = s.strip()
+    if s == "auto":
+        return None
+    if s in PRESETS:
+        return PRESETS[s]
+    try:
+        return tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise ValueError(f"--svdq-bits {s!r}: expected 8 comma-separated widths, 'auto', or one of "
+                         f"{', '.join(PRESETS)}") from None

@@ -1,0 +1,87 @@
+"""Produce the llama.cpp reference fixtures in tests/fixtures/ (run once; the test suite only reads
+the JSON). Needs llama.cpp's tools built from the llama-cpp-python 0.3.36 source package:
+
+    pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36 -d /tmp/llref
+    tar xzf /tmp/llref/llama_cpp_python-0.3.36.tar.gz -C /tmp/llref
+    cd /tmp/llref/llama_cpp_python-0.3.36/vendor/llama.cpp
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
+    cmake --build build -j2 --target llama-tokenize llama-perplexity llama-bench
+
+    python tools/llamacpp_fixtures.py tokenize --bin /tmp/llref/.../build/bin
+    python tools/llamacpp_fixtures.py perplexity --bin ...     (parses llama-perplexity logs)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures"
+MODELS = {"gemma-3-270m": "gemma-3-270m-q4_k_m.gguf", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"}
+
+TEXTS = [
+    "", " ", "  ", "Hello world", " Hello world", "Hello  world\n\n  x", "The capital of France is",
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
+    "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
+    "class Foo:\n\tdef bar(self):\n\t\tpass\n",
+    "a\tb\t\tc   d    e     f      g       h        i",
+    "\n\n\n", "line1\r\nline2\r\n", "   leading spaces", "trailing spaces   ",
+    "1234567 3.14159 2026-11-22 0x1F 1e-9 -42 100,000",
+    "café naïve Zürich façade jalapeño Ærøskøbing",
+    "中文测试：你好，世界！", "日本語のテキスト、カタカナ、ひらがな", "한국어 텍스트",
+    "emoji 😀 🎉 👍🏽 👨‍👩‍👧‍👦 🇫🇷🇯🇵", "Ünïcödé ∑∫√∞ ≠ ≤ ≥ → ←",
+    "MiXeD CaSe WoRdS and ALLCAPS", "https://example.com/path?query=1&b=2#frag",
+    "!!!??? ... --- *** ### @@@", "don't can't won't I'm you're they've we'll he'd",
+    "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n", "<bos>text after bos",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n",
+    "<|endoftext|>after eot", "<unk><pad><eos>", "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
+    "x" * 50, "ab" * 30, "The quick brown fox jumps over the lazy dog. " * 3,
+    "{\"key\": [1, 2, 3], \"nested\": {\"a\": null}}", "SELECT * FROM users WHERE id = 1;",
+    "    indented code\n        more indented", "Ελληνικά кириллица עברית العربية हिन्दी",
+]
+
+
+def run_tokenize(bin_dir: Path, model: Path, text: str) -> list[int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        f.write(text)
+    out = subprocess.run([str(bin_dir / "llama-tokenize"), "-m", str(model), "-f", f.name, "--ids",
+                          "--log-disable"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def cmd_tokenize(a):
+    for name, file in MODELS.items():
+        model = ROOT / "models" / "cache" / file
+        cases = [{"text": t, "ids": run_tokenize(a.bin, model, t)} for t in TEXTS]
+        (FIX / f"tokenize_{name}.json").write_text(json.dumps({
+            "command": f"llama-tokenize -m {file} -f <text file> --ids --log-disable",
+            "llama_cpp": "vendored in llama-cpp-python 0.3.36", "cases": cases}, ensure_ascii=False, indent=0))
+        print(name, len(cases), "cases")
+
+
+def cmd_perplexity(a):
+    for name, file in MODELS.items():
+        log = Path(a.logdir) / f"ppl_{name.split('-')[0].split('2')[0]}.log"
+        txt = log.read_text()
+        running = [float(x) for x in re.findall(r"\[\d+\](\d+\.\d+)", txt)]
+        m = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", txt)
+        (FIX / f"perplexity_{name}.json").write_text(json.dumps({
+            "command": f"llama-perplexity -m {file} -f tests/fixtures/pride_ch1_15.txt -c 512 -b 512 -t 2 -fa off",
+            "llama_cpp": "vendored in llama-cpp-python 0.3.36", "text_sha256":
+            "af4bd0429e9719feed939abd0291baf0b29c31f1f70324f086d592e5bb2b4eb2",
+            "ppl": float(m.group(1)), "ppl_err": float(m.group(2)), "running": running,
+            "chunks": len(running)}, indent=0))
+        print(name, m.group(1), len(running), "chunks")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["tokenize", "perplexity"])
+    ap.add_argument("--bin", type=Path, default=Path("/tmp/llref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"))
+    ap.add_argument("--logdir", default="/tmp/llref")
+    a = ap.parse_args()
+    {"tokenize": cmd_tokenize, "perplexity": cmd_perplexity}[a.what](a)
