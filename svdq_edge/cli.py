@@ -22,8 +22,10 @@ def _model_flags(p, positional=False):
     p.add_argument("-m", "--model", dest="model_flag", default=None, help="GGUF path or known model name")
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context size in tokens (0 = the model's)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all physical cores)")
-    p.add_argument("-ctk", "--cache-type-k", default="f16", help="K cache: svdq | f16 | q8_0 | q4_0")
+    p.add_argument("-ctk", "--cache-type-k", default="svdq", help="K cache: svdq | f16 | q8_0 | q4_0")
     p.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache: f16 | q8_0 | q4_0")
+    from .kvcache.factory import add_cli_flags
+    add_cli_flags(p)
     p.add_argument("--chat-template-file", default=None, help="Jinja chat template to use instead of the GGUF's")
 
 

@@ -58,3 +58,59 @@ class DenseCache:
 
     def k_bits_per_elem(self) -> float:
         return 8.0 * self.dtype.itemsize
+
+
+class QuantCache(DenseCache):
+    """llama.cpp's per-token block caches as baselines: q8_0 / q4_0 blocks of 32 values per row
+    (the GGML formats, via gguf.quants), dequantized for attention as llama.cpp does on CPU."""
+
+    def __init__(self, spec: CacheSpec, ctk: str, ctv: str):
+        super().__init__(spec, np.float16)
+        from gguf import GGMLQuantizationType as T
+        self.types = {"k": getattr(T, ctk.upper()), "v": getattr(T, ctv.upper())}
+        from ..quants import row_bytes
+        rb = {n: row_bytes(t, spec.head_dim) for n, t in self.types.items()}
+        self.kq = np.empty((0, spec.n_kv, rb["k"]), np.uint8)       # (cap, n_kv, row bytes)
+        self.vq = np.empty((0, spec.n_kv, rb["v"]), np.uint8)
+        self._bits = {n: 8.0 * rb[n] / spec.head_dim for n in rb}
+
+    def _store(self, name, x):
+        from gguf.quants import quantize
+        t = self.types[name]
+        if t == 1:   # F16
+            return x.astype(np.float16).view(np.uint8).reshape(x.shape[0], x.shape[1], -1)
+        return quantize(x.reshape(-1, x.shape[-1]), t).reshape(x.shape[0], x.shape[1], -1)
+
+    def _load(self, name, q):
+        from gguf.quants import dequantize
+        return dequantize(q.reshape(-1, q.shape[-1]), self.types[name]).reshape(q.shape[0], q.shape[1], -1).astype(np.float32)
+
+    def append(self, k, v):
+        n = k.shape[0]
+        need = self.offset + n
+        if need > self.kq.shape[0]:
+            cap = min(max(need, 2 * self.kq.shape[0], 256), self.spec.n_ctx)
+            if cap < need:
+                raise ValueError(f"context full: {need} tokens > n_ctx {self.spec.n_ctx}")
+            for nm in ("kq", "vq"):
+                old = getattr(self, nm)
+                new = np.empty((cap,) + old.shape[1:], np.uint8)
+                new[: self.offset] = old[: self.offset]
+                setattr(self, nm, new)
+        self.kq[self.offset:need] = self._store("k", self.spec.rope.apply(k, self.offset))
+        self.vq[self.offset:need] = self._store("v", v)
+        self.offset = need
+
+    def attend(self, q, scale):
+        n = q.shape[0]
+        q0 = self.offset - n
+        lo = max(0, q0 - self.spec.window + 1) if self.spec.window is not None else 0
+        k = self._load("k", self.kq[lo:self.offset])
+        v = self._load("v", self.vq[lo:self.offset])
+        return causal_softmax_attend(q, k, v, scale, q0, lo, self.spec.window)
+
+    def nbytes(self):
+        return self.kq.nbytes + self.vq.nbytes
+
+    def k_bits_per_elem(self):
+        return self._bits["k"]

@@ -1,29 +1,136 @@
-"""Builds one cache per layer from the user's options (-ctk, -ctv, --svdq-*)."""
+"""Builds one cache per layer from the user's options (-ctk, -ctv, --svdq-*), and the SVDq bases
+(calibrated once per model, cached beside it keyed by the GGUF's sha256 and the options)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
+import numpy as np
+
+from .. import SvdqError
 from .base import CacheSpec
-from .dense import DenseCache
+from .basis import compute_basis, load_bases, save_bases
+from .dense import DenseCache, QuantCache
+from .svdq import SVDqCache
+from .svdq_config import SVDqConfig, parse_bits
+
+CALIBRATION_TEXT = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
+CALIBRATION_TOKENS = 2048
 
 
 @dataclass(frozen=True)
 class CacheOptions:
-    ctk: str = "f16"          # f16 | q8_0 | q4_0 | svdq
+    ctk: str = "svdq"         # svdq | f16 | q8_0 | q4_0
     ctv: str = "f16"          # f16 | q8_0 | q4_0
-    svdq: object = None       # SVDqConfig when ctk == svdq
+    svdq: SVDqConfig = SVDqConfig()
+
+
+def _dense(spec: CacheSpec, ctk: str, ctv: str):
+    if ctk == "f16" and ctv == "f16":
+        return DenseCache(spec)
+    return QuantCache(spec, ctk, ctv)
 
 
 def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
-    return [DenseCache(s) for s in specs]
+    if opts.ctk != "svdq":
+        return [_dense(s, opts.ctk, opts.ctv) for s in specs]
+    bases = model_bases(model, opts.svdq)
+    # sliding-window layers (gemma3 local) hold at most `window` tokens: they stay dense f16
+    return [SVDqCache(s, bases[s.layer], opts.svdq) if s.window is None else _dense(s, "f16", opts.ctv)
+            for s in specs]
+
+
+def _basis_key(model, cfg: SVDqConfig) -> str:
+    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "pre_rope", "per_head")}
+    h = hashlib.sha256((model.gguf.sha256() + repr(sorted(fields.items())) + str(CALIBRATION_TOKENS)).encode())
+    return h.hexdigest()[:20]
+
+
+def collect_keys(model, ids: list[int], pre_rope: bool) -> dict:
+    """Run `ids` through the model with dense caches and return each layer's keys
+    (T, n_kv, head_dim), pre- or post-RoPE."""
+    from .dense import DenseCache as _D
+    m = model.model
+    saved = m.caches
+    keys: dict[int, list] = {}
+    m.set_caches([_D(s, np.float32) for s in model.cache_specs()])
+
+    def hook(i, k, v, pos0=[0]):
+        keys.setdefault(i, []).append(k.copy())
+    try:
+        from ..model import N_BATCH
+        for s in range(0, len(ids), N_BATCH):
+            m.forward(ids[s:s + N_BATCH], hidden_hook=hook)
+    finally:
+        m.set_caches(saved)
+    out = {}
+    for i, parts in keys.items():
+        k = np.concatenate(parts)
+        out[i] = k if pre_rope else model.model.layer_rope(i).apply(k, 0)
+    return out
+
+
+def model_bases(model, cfg: SVDqConfig) -> list:
+    path = model.cache_dir / f"svdq-basis-{_basis_key(model, cfg)}.npz"
+    a = model.args
+    if path.exists():
+        return load_bases(path, a.n_layer)
+    text = CALIBRATION_TEXT.read_text(encoding="utf-8")
+    ids = model.tokenizer.encode(text)[:CALIBRATION_TOKENS]
+    print(f"svdq-edge: calibrating the SVDq K basis on {len(ids)} tokens (once per model; cached in "
+          f"{path.parent})", file=sys.stderr)
+    keys = collect_keys_progress(model, ids, cfg.pre_rope)
+    bases = []
+    for i in range(a.n_layer):
+        if a.layer_window[i] is not None:
+            bases.append(None)
+            continue
+        k = keys[i]
+        k = k if cfg.per_head else k.reshape(k.shape[0], 1, -1)
+        bases.append(compute_basis(k, cfg))
+    tmp = path.with_suffix(".tmp.npz")
+    save_bases(tmp, bases)
+    tmp.replace(path)
+    return bases
+
+
+def collect_keys_progress(model, ids, pre_rope):
+    from tqdm import tqdm
+    with tqdm(total=1, desc="calibrate", leave=False, file=sys.stderr) as bar:
+        keys = collect_keys(model, ids, pre_rope)
+        bar.update(1)
+    return keys
+
+
+def add_cli_flags(p) -> None:
+    p.add_argument("--svdq-bits", default="auto",
+                   help="8 group widths '4,2,2,1,1,0,0,0', a preset (1.25, 2.0, 2.5, 3.0), or auto (fitted)")
+    p.add_argument("--svdq-budget", type=float, default=SVDqConfig.budget,
+                   help="code bits per element for --svdq-bits auto")
+    p.add_argument("--svdq-window", type=int, default=SVDqConfig.window, help="recent tokens kept in f16")
+    p.add_argument("--svdq-sinks", type=int, default=SVDqConfig.sinks, help="first tokens kept in f16")
+    p.add_argument("--svdq-block", type=int, default=SVDqConfig.block, help="tokens per scale block")
+    p.add_argument("--svdq-rope", choices=["post", "pre"], default="post", help="basis of post- or pre-RoPE keys")
+    p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-head")
+    p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: a count, or a fraction < 1")
 
 
 def options_from_args(args) -> CacheOptions:
-    from .. import SvdqError
     ctk = args.cache_type_k.lower()
     ctv = args.cache_type_v.lower()
     if ctk not in ("f16", "q8_0", "q4_0", "svdq"):
         raise SvdqError(f"-ctk {args.cache_type_k}: expected svdq, f16, q8_0 or q4_0")
     if ctv not in ("f16", "q8_0", "q4_0"):
         raise SvdqError(f"-ctv {args.cache_type_v}: expected f16, q8_0 or q4_0")
-    return CacheOptions(ctk=ctk, ctv=ctv)
+    try:
+        cfg = SVDqConfig(bits=parse_bits(args.svdq_bits), budget=args.svdq_budget, block=args.svdq_block,
+                         window=args.svdq_window, sinks=args.svdq_sinks, pre_rope=args.svdq_rope == "pre",
+                         per_head=args.svdq_basis == "per-head", topk=args.svdq_topk)
+        cfg.validate()
+    except ValueError as e:
+        raise SvdqError(str(e)) from None
+    if ctk == "svdq" and ctv != "f16":
+        raise SvdqError(f"-ctv {ctv} with -ctk svdq: the SVDq cache stores V in f16 only for now")
+    return CacheOptions(ctk=ctk, ctv=ctv, svdq=cfg)
