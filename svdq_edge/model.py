@@ -87,7 +87,7 @@ class Model:
 
     # -- running ----------------------------------------------------------------------------------
     def check_fits(self, n_tokens: int) -> None:
-        if n_tokens >= self.n_ctx:
+        if n_tokens > self.n_ctx:
             raise SvdqError(f"prompt is {n_tokens} tokens, the context is {self.n_ctx} (-c); "
                             f"raise -c or shorten the prompt")
 
