@@ -1,0 +1,168 @@
+"""SVDq K cache: bit-exact packing, compressed-domain scores against the oracle, attention against
+the dense cache within a bits-dependent tolerance, honest accounting, option validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from svdq_edge.kernels import svdq_numba, svdq_ref
+from svdq_edge.kvcache.base import CacheSpec
+from svdq_edge.kvcache.basis import compute_basis, fit_widths
+from svdq_edge.kvcache.dense import DenseCache
+from svdq_edge.kvcache.svdq import SVDqCache
+from svdq_edge.kvcache.svdq_config import PRESETS, SVDqConfig, parse_bits
+from svdq_edge.rope import RoPE
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.sampled_from([1, 2, 4, 8]), n=st.integers(1, 9), blocks=st.integers(1, 5), seed=st.integers(0, 10**6))
+def test_pack_unpack_roundtrip(w, n, blocks, seed):
+    B = 8 * blocks
+    codes = np.random.default_rng(seed).integers(0, 2 ** w, size=(n, B), dtype=np.uint8)
+    packed = svdq_ref.pack(codes, w)
+    assert packed.shape == (n, B * w // 8)
+    assert np.array_equal(svdq_ref.unpack(packed, w, B), codes)
+
+
+def test_pack_layout_lsb_first():
+    # token t of a 2-bit channel sits at byte t//4, bits 2*(t%4)
+    codes = np.array([[1, 2, 3, 0, 3, 3, 3, 3]], np.uint8)
+    assert svdq_ref.pack(codes, 2).tolist() == [[1 | 2 << 2 | 3 << 4, 0xFF]]
+
+
+def _packed_blocks(widths, nblk, B, seed):
+    rng = np.random.default_rng(seed)
+    r = len(widths)
+    codes = [np.zeros((nblk, n, B * w // 8), np.uint8) for w, n in zip(svdq_ref.PACK_WIDTHS, svdq_ref.width_counts(widths))]
+    scale = np.zeros((nblk, r), np.float16)
+    mn = np.zeros((nblk, r), np.float16)
+    for b in range(nblk):
+        z = (rng.standard_normal((B, r)) * np.linspace(4, 0.2, r)).astype(np.float32)
+        p, s, m = svdq_ref.quantize_block(z, widths)
+        for c, pp in zip(codes, p):
+            c[b] = pp
+        scale[b], mn[b] = s, m
+    return codes, scale, mn
+
+
+@pytest.mark.parametrize("widths", [[8] * 4, [4] * 3 + [2] * 2 + [1] * 3, [8, 8, 4, 4, 4, 2, 2, 1, 1, 1, 1], [1] * 5, [2] * 7])
+def test_score_numba_matches_oracle(widths):
+    widths = np.array(widths)
+    codes, scale, mn = _packed_blocks(widths, 4, 64, 1)
+    qt = np.random.default_rng(2).standard_normal((5, len(widths))).astype(np.float32)
+    ref = svdq_ref.score(codes, scale, mn, widths, qt, 64)
+    got = svdq_numba.score(codes, scale, mn, widths, qt, 64)
+    assert np.allclose(got, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+
+
+def test_quantize_error_bounded_by_half_step():
+    widths = np.array([8, 4, 2, 1])
+    z = np.random.default_rng(3).standard_normal((64, 4)).astype(np.float32)
+    p, s, m = svdq_ref.quantize_block(z, widths)
+    back = svdq_ref.dequantize_block(p, s, m, widths, 64)
+    step = s.astype(np.float32)
+    assert np.all(np.abs(back - z) <= 0.5 * step[None, :] * 1.01 + 2e-3 * np.abs(z).max())
+
+
+def synthetic_keys(T, KV, d, seed, decay=0.9):
+    """Keys with a fast-decaying spectrum and a nonzero mean, like real attention keys."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((T, KV, d), np.float32)
+    for g in range(KV):
+        basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        lat = rng.standard_normal((T, d)) * (3.0 * decay ** np.arange(d))
+        out[:, g] = lat @ basis.T + rng.standard_normal(d) * 2
+    return out
+
+
+def _run(cache, keys, vals, qs, chunks):
+    outs, pos = [], 0
+    for n in chunks:
+        cache.append(keys[pos:pos + n], vals[pos:pos + n])
+        outs.append(cache.attend(qs[pos:pos + n], 0.125))
+        pos += n
+    return np.concatenate(outs)
+
+
+@pytest.mark.parametrize("shape", [(14, 2, 64), (4, 1, 256)], ids=["qwen-like", "gemma-like"])
+@pytest.mark.parametrize("bits,tol", [((8,) * 8, 0.02), ((8, 4, 2, 1, 1, 0, 0, 0), 0.25)])
+@pytest.mark.parametrize("pre_rope,per_head", [(False, True), (True, True), (False, False)])
+def test_attend_close_to_dense(shape, bits, tol, pre_rope, per_head):
+    H, KV, d = shape
+    T = 400
+    rope = RoPE(d, 10000.0, 1024, True)
+    keys = synthetic_keys(T, KV, d, 0)
+    vals = np.random.default_rng(1).standard_normal((T, KV, d)).astype(np.float32)
+    qs = np.random.default_rng(2).standard_normal((T, H, d)).astype(np.float32) * 0.3
+    cfg = SVDqConfig(bits=bits, window=64, block=64, sinks=4, pre_rope=pre_rope, per_head=per_head)
+    calib = keys if pre_rope else rope.apply(keys, 0)
+    calib = calib if per_head else calib.reshape(T, 1, -1)
+    basis = compute_basis(calib, cfg)
+    spec = CacheSpec(0, H, KV, d, 1024, None, rope)
+    chunks = [100, 37] + [1] * 40 + [200, 1, 1, 1, 20]
+    dense = _run(DenseCache(spec, np.float32), keys, vals, qs, chunks)
+    svdq_cache = SVDqCache(spec, basis, cfg)
+    got = _run(svdq_cache, keys, vals, qs, chunks)
+    assert svdq_cache.nblk > 0                              # packed blocks were really scored
+    err = np.abs(got - dense).max() / np.abs(dense).max()
+    assert err < tol, err
+
+
+def test_topk_all_tokens_equals_no_sparsity():
+    H, KV, d, T = 4, 1, 64, 300
+    rope = RoPE(d, 10000.0, 512, True)
+    keys = synthetic_keys(T, KV, d, 5)
+    vals = np.random.default_rng(6).standard_normal((T, KV, d)).astype(np.float32)
+    qs = np.random.default_rng(7).standard_normal((T, H, d)).astype(np.float32)
+    base = SVDqConfig(bits=(8, 4, 2, 1, 1, 0, 0, 0))
+    basis = compute_basis(rope.apply(keys, 0), base)
+    spec = CacheSpec(0, H, KV, d, 512, None, rope)
+    a = _run(SVDqCache(spec, basis, base), keys, vals, qs, [250] + [1] * 50)
+    b = _run(SVDqCache(spec, basis, SVDqConfig(bits=base.bits, topk=10**6)), keys, vals, qs, [250] + [1] * 50)
+    c = _run(SVDqCache(spec, basis, SVDqConfig(bits=base.bits, topk=8)), keys, vals, qs, [250] + [1] * 50)
+    assert np.allclose(a, b, atol=1e-5)
+    assert not np.allclose(a[-1], c[-1], atol=1e-5)         # a real cut changes the output
+
+
+def test_accounting_matches_arrays():
+    H, KV, d, T = 14, 2, 64, 1000
+    rope = RoPE(d, 1e6, 2048, True)
+    keys = synthetic_keys(T, KV, d, 9)
+    cfg = SVDqConfig(bits=PRESETS["2.0"])
+    basis = compute_basis(rope.apply(keys, 0), cfg)
+    c = SVDqCache(CacheSpec(0, H, KV, d, 2048, None, rope), basis, cfg)
+    c.append(keys, keys)
+    c.append(keys[:1], keys[:1])          # triggers the flush
+    n_codes = sum(x[:c.nblk].nbytes for x in c.codes)
+    n_sm = c.scale[:c.nblk].nbytes + c.mn[:c.nblk].nbytes
+    n_full = (cfg.sinks + c.offset - c.win_start) * KV * d * 2
+    assert c.k_nbytes() == n_codes + n_sm + n_full + c.V16.nbytes + c.mu16.nbytes
+    bits = c.k_bits_per_elem()
+    assert 2.0 < bits < 16.0              # codes (2.0 nominal) plus scales, basis, window on top
+
+
+def test_fitted_widths_respect_budget_and_order():
+    var = 10.0 * 0.8 ** np.arange(64)
+    w = fit_widths(var, 1.5)
+    assert np.all(np.diff(w) <= 0) and set(np.unique(w)) <= {0, 1, 2, 4, 8}
+    assert (w.sum() + 0.5 * np.count_nonzero(w)) <= 1.5 * 64
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(bits=(4, 2, 2, 1, 1, 0, 0)), "8 group widths"),
+                                    (dict(bits=(4, 2, 3, 1, 1, 0, 0, 0)), "widths must be in"),
+                                    (dict(bits=(1, 2, 2, 1, 1, 0, 0, 0)), "must not increase"),
+                                    (dict(window=32, block=64), "smaller than the block"),
+                                    (dict(topk=0), "must be > 0")])
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        SVDqConfig(**kw).validate()
+
+
+def test_parse_bits():
+    assert parse_bits("1.25") == (4, 2, 2, 1, 1, 0, 0, 0)
+    assert parse_bits("8,4,2,1,1,0,0,0") == (8, 4, 2, 1, 1, 0, 0, 0)
+    assert parse_bits("auto") is None
+    with pytest.raises(ValueError):
+        parse_bits("lots")
