@@ -14,15 +14,33 @@ QTYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16,
 FLOATS = (T.F16, T.BF16, T.F32)
 
 
+class _CPath:
+    """The C backend with one SIMD path forced (scalar, avx2, avx512, ...)."""
+
+    def __init__(self, mod, path):
+        self.mod, self.path = mod, path
+
+    def matmul(self, *a):
+        self.mod.set_path(self.path)
+        try:
+            self.mod.matmul(*a)
+        finally:
+            self.mod.set_path(None)
+
+    def get_rows(self, *a):
+        self.mod.set_path(self.path)
+        try:
+            self.mod.get_rows(*a)
+        finally:
+            self.mod.set_path(None)
+
+
 def backends():
     out = [("numpy", ref)]
     from svdq_edge.kernels import cpu_numba
     out.append(("numba", cpu_numba))
-    try:
-        from svdq_edge.kernels import cpu_c
-        out.append(("c", cpu_c))
-    except Exception:
-        pass
+    from svdq_edge.kernels import cpu_c          # must build here: the test machine has gcc
+    out += [(f"c-{p}", _CPath(cpu_c, p)) for p in cpu_c.cpu_paths()]
     return out
 
 
@@ -75,15 +93,16 @@ def test_dequantize_real_tensors(model, name, gemma_path, qwen_path):
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
-@pytest.mark.parametrize("n", [1, 3, 17])
-def test_matmul_backends(qtype, n):
-    rows, cols = 37, 512
+@pytest.mark.parametrize("n,rows", [(1, 37), (1, 1), (3, 5), (17, 37), (2, 129)])
+def test_matmul_backends(qtype, n, rows):
+    cols = 512
     data = random_blocks(qtype, rows, cols, 100 + int(qtype))
     x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
     exact = np.empty((n, rows), np.float32)
     ref.matmul(data, qtype, x, exact)
     q8 = ref.matmul_q8(data, qtype, x)
-    scale = np.abs(exact).max()
+    # the size of the dot products' terms: sum_i |w_i x_i| (robust when outputs cancel to ~0)
+    scale = (np.abs(x) @ np.abs(ref.dequantize(data, qtype)).T).max()
     for name, be in backends():
         out = np.full((n, rows), np.nan, np.float32)
         be.matmul(data, qtype, x, out)
@@ -110,3 +129,42 @@ def test_get_rows_exact(qtype):
 def test_row_size_message():
     with pytest.raises(ValueError, match="row size 100 is not a multiple of Q4_K block size 256"):
         row_bytes(T.Q4_K, 100)
+
+
+def test_native_rejects_bad_sizes():
+    from svdq_edge.kernels import cpu_c
+    data = random_blocks(T.Q4_K, 4, 256, 0)
+    x = np.ones((1, 256), np.float32)
+    out = np.empty((1, 4), np.float32)
+    with pytest.raises(ValueError, match="row size does not match"):
+        cpu_c.matmul(np.ascontiguousarray(data[:, :100]), int(T.Q4_K), x, out)   # wrong row bytes
+    with pytest.raises(ValueError, match="unsupported"):
+        cpu_c.matmul(data, 99, x, out)
+    with pytest.raises(ValueError, match="out of range"):
+        cpu_c.get_rows(data, int(T.Q4_K), np.array([4]), np.empty((1, 256), np.float32))
+    with pytest.raises(ValueError, match="output must be"):
+        cpu_c.matmul(data, int(T.Q4_K), x, np.empty((1, 3), np.float32))
+
+
+def test_native_latent_score_matches_oracle():
+    from svdq_edge.kernels import cpu_c, svdq_ref
+    rng = np.random.default_rng(0)
+    widths = np.array([8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1])
+    r, B, nblk = len(widths), 64, 3
+    codes = [np.zeros((nblk, n, B * w // 8), np.uint8) for w, n in zip(svdq_ref.PACK_WIDTHS, svdq_ref.width_counts(widths))]
+    scale = np.zeros((nblk, r), np.float16)
+    mn = np.zeros((nblk, r), np.float16)
+    for b in range(nblk):
+        p, s, m = svdq_ref.quantize_block(rng.standard_normal((B, r)).astype(np.float32), widths)
+        for c, pp in zip(codes, p):
+            c[b] = pp
+        scale[b], mn[b] = s, m
+    qt = rng.standard_normal((4, r)).astype(np.float32)
+    want = svdq_ref.score(codes, scale, mn, widths, qt, B)
+    for p in cpu_c.cpu_paths():
+        cpu_c.set_path(p)
+        try:
+            got = cpu_c.score(codes, scale, mn, widths, qt, B)
+        finally:
+            cpu_c.set_path(None)
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()), p

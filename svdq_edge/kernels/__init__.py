@@ -117,8 +117,11 @@ def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarra
                block: int) -> np.ndarray:
     """Scores of packed SVDq tokens straight from their codes (see svdq_ref for the layout):
     qt float32 (m, r) projected queries -> float32 (m, nblk*block)."""
-    if backend_name() == "numpy":
+    name = backend_name()
+    if name == "numpy":
         from . import svdq_ref as mod
+    elif name == "c":
+        mod = backend()
     else:
         from . import svdq_numba as mod
     return mod.score(codes, scale, mn, widths, qt, block)

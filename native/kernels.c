@@ -1,0 +1,182 @@
+/* svdq-edge native kernels: quantized matmul from GGML blocks, dequantization, packed latent-K
+ * scores. The bodies (kernels_impl.h) are compiled once per path: scalar (baseline ISA), AVX2+FMA,
+ * AVX-512 on x86-64; on aarch64 the baseline copy is built with NEON (auto-vectorized). The path
+ * is chosen at run time from the CPU's features and can be forced (svdq_set_path) for tests.
+ * Threads: OpenMP across weight rows; every entry point checks sizes before touching memory. */
+#include <math.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include "svdq_edge.h"
+
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
+enum { PATH_AUTO = -1, PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVX512 = 2, PATH_NEON = 3 };
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static inline float h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0) { float v = (float)m * 5.960464477539063e-08f; return sign ? -v : v; }
+    bits = e == 31 ? (sign | 0x7f800000u | (m << 13)) : (sign | ((e + 112) << 23) | (m << 13));
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+static inline float bf2f(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+
+/* bytes per block and elements per block, by type (a table, as in quants.py) */
+static int64_t type_row_bytes(int T, int64_t k) {
+    switch (T) {
+    case F32: return k * 4;
+    case F16: case BF16: return k * 2;
+    case Q4_0: return k % 32 ? -1 : k / 32 * 18;
+    case Q4_1: return k % 32 ? -1 : k / 32 * 20;
+    case Q5_0: return k % 32 ? -1 : k / 32 * 22;
+    case Q5_1: return k % 32 ? -1 : k / 32 * 24;
+    case Q8_0: return k % 32 ? -1 : k / 32 * 34;
+    case Q4_K: return k % 256 ? -1 : k / 256 * 144;
+    case Q5_K: return k % 256 ? -1 : k / 256 * 176;
+    case Q6_K: return k % 256 ? -1 : k / 256 * 210;
+    default: return -2;
+    }
+}
+
+#define SFX _scalar
+#include "kernels_impl.h"
+#undef SFX
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define SIMD_X86 1
+#define SFX _avx2
+#include "kernels_impl.h"
+#undef SFX
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+#define SFX _avx512
+#include "kernels_impl.h"
+#undef SFX
+#undef SIMD_X86
+#pragma GCC pop_options
+#endif
+
+static int g_path = PATH_AUTO;
+static int g_threads = 0;
+
+int svdq_path_supported(int path) {
+    if (path == PATH_SCALAR) return 1;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (path == PATH_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (path == PATH_AVX512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#elif defined(__aarch64__)
+    if (path == PATH_NEON) return 1;
+#endif
+    return 0;
+}
+
+int svdq_active_path(void) {
+    if (g_path != PATH_AUTO) return g_path;
+#if defined(__x86_64__)
+    if (svdq_path_supported(PATH_AVX512)) return PATH_AVX512;
+    if (svdq_path_supported(PATH_AVX2)) return PATH_AVX2;
+#elif defined(__aarch64__)
+    return PATH_NEON;
+#endif
+    return PATH_SCALAR;
+}
+
+int svdq_set_path(int path) {
+    if (path != PATH_AUTO && !svdq_path_supported(path)) return -3;
+    g_path = path;
+    return 0;
+}
+
+void svdq_set_threads(int n) { g_threads = n > 0 ? n : 0; }
+int svdq_get_threads(void) {
+#ifdef _OPENMP
+    return g_threads > 0 ? g_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
+    int64_t rb = type_row_bytes(T, k);
+    if (rb == -2) return -1;
+    if (rb < 0 || rows < 0 || k <= 0) return -3;
+    if (rb != row_bytes) return -2;
+    return 0;
+}
+
+/* chunked row ranges over threads */
+#define PARALLEL_ROWS(rows, BODY) do { \
+    int nt = svdq_get_threads(); int64_t nchunk = (rows) < 4 * nt ? (rows) : 4 * nt; if (nchunk < 1) nchunk = 1; \
+    _Pragma("omp parallel for num_threads(nt) schedule(static)") \
+    for (int64_t c = 0; c < nchunk; c++) { int64_t r0 = (rows) * c / nchunk, r1 = (rows) * (c + 1) / nchunk; BODY; } \
+} while (0)
+
+#if defined(__x86_64__)
+#define BY_PATH(fn, ...) do { int p_ = svdq_active_path(); \
+    if (p_ == PATH_AVX512) fn##_avx512(__VA_ARGS__); else if (p_ == PATH_AVX2) fn##_avx2(__VA_ARGS__); \
+    else fn##_scalar(__VA_ARGS__); } while (0)
+#else
+#define BY_PATH(fn, ...) fn##_scalar(__VA_ARGS__)
+#endif
+
+int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int T,
+                const float *x, long long n, long long k, float *out) {
+    int e = check(T, rows, row_bytes, k);
+    if (e) return e;
+    if (n <= 0 || n > 64) return -3;      /* decode path: prefill uses dequant panels + BLAS */
+    if (T == F32 || T == F16 || T == BF16) {
+        PARALLEL_ROWS(rows, BY_PATH(mm_float_rows, w, row_bytes, T, x, n, k, r0, r1, rows, out));
+        return 0;
+    }
+    int8_t *xq = (int8_t *)malloc((size_t)(n * k));            /* (n, k) activation codes */
+    float *xd = (float *)malloc((size_t)(n * (k / 32)) * 4);    /* (n, k/32) scales */
+    int32_t *xs = (int32_t *)malloc((size_t)(n * (k / 16)) * 4); /* (n, k/16) code sums */
+    if (!xq || !xd || !xs) { free(xq); free(xd); free(xs); return -5; }
+    BY_PATH(quantize_q8, x, n, k, xq, xd, xs);
+    PARALLEL_ROWS(rows, BY_PATH(mm_dispatch, w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out));
+    free(xq); free(xd); free(xs);
+    return 0;
+}
+
+int svdq_dequant_rows(const unsigned char *w, long long rows, long long row_bytes, int T,
+                      long long k, long long a0, long long a1, float *out) {
+    int e = check(T, rows, row_bytes, k);
+    if (e) return e;
+    if (a0 < 0 || a1 > rows || a0 > a1) return -3;
+    int64_t m = a1 - a0;
+    PARALLEL_ROWS(m, BY_PATH(dequant_rows, w, row_bytes, T, k, a0 + r0, a0 + r1, out + r0 * k));
+    return 0;
+}
+
+int svdq_get_rows(const unsigned char *w, long long rows, long long row_bytes, int T,
+                  long long k, const long long *ids, long long m, float *out) {
+    int e = check(T, rows, row_bytes, k);
+    if (e) return e;
+    for (long long i = 0; i < m; i++) if (ids[i] < 0 || ids[i] >= rows) return -4;
+    for (long long i = 0; i < m; i++) BY_PATH(dequant_rows, w, row_bytes, T, k, ids[i], ids[i] + 1, out + i * k);
+    return 0;
+}
+
+int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const unsigned char *c2,
+                      const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
+                      const unsigned short *scale, const unsigned short *mn, long long nblk,
+                      const float *qt, long long m, long long B, float *out) {
+    if (n8 < 0 || n4 < 0 || n2 < 0 || n1 < 0 || n8 + n4 + n2 + n1 > 1024 || B <= 0 || B % 8 || nblk < 0 || m < 0)
+        return -3;
+    PARALLEL_ROWS(nblk, for (int64_t b = r0; b < r1; b++)
+        BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt, m, B, out, nblk));
+    return 0;
+}

@@ -1,0 +1,299 @@
+/* Kernel bodies, compiled once per SIMD path (see kernels.c): SFX names the copy, and the
+ * surrounding `#pragma GCC target` lets the compiler vectorize for that instruction set. */
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+static inline __attribute__((always_inline)) void FN(decode32)(const uint8_t *row, const int T, int64_t b,
+                                                               int8_t *q, float *sm) {
+    if (T == Q8_0) {
+        const uint8_t *o = row + b * 34;
+        float d = h2f(rd16(o));
+        for (int l = 0; l < 32; l++) q[l] = (int8_t)o[2 + l];
+        sm[0] = sm[1] = d; sm[2] = sm[3] = 0.0f;
+    } else if (T == Q4_0 || T == Q4_1) {
+        const int nb = T == Q4_0 ? 18 : 20;
+        const uint8_t *o = row + b * nb;
+        const uint8_t *qs = o + (T == Q4_0 ? 2 : 4);
+        const int off = T == Q4_0 ? 8 : 0;
+        for (int l = 0; l < 16; l++) { q[l] = (int8_t)((qs[l] & 15) - off); q[l + 16] = (int8_t)((qs[l] >> 4) - off); }
+        float d = h2f(rd16(o));
+        float m = T == Q4_1 ? h2f(rd16(o + 2)) : 0.0f;
+        sm[0] = sm[1] = d; sm[2] = sm[3] = m;
+    } else if (T == Q5_0 || T == Q5_1) {
+        const int nb = T == Q5_0 ? 22 : 24;
+        const uint8_t *o = row + b * nb;
+        const uint8_t *h = o + (T == Q5_0 ? 2 : 4);
+        uint32_t qh = (uint32_t)h[0] | ((uint32_t)h[1] << 8) | ((uint32_t)h[2] << 16) | ((uint32_t)h[3] << 24);
+        const uint8_t *qs = h + 4;
+        const int off = T == Q5_0 ? 16 : 0;
+        for (int l = 0; l < 16; l++) {
+            q[l] = (int8_t)(((qs[l] & 15) | (((qh >> l) & 1) << 4)) - off);
+            q[l + 16] = (int8_t)(((qs[l] >> 4) | (((qh >> (l + 16)) & 1) << 4)) - off);
+        }
+        float d = h2f(rd16(o));
+        float m = T == Q5_1 ? h2f(rd16(o + 2)) : 0.0f;
+        sm[0] = sm[1] = d; sm[2] = sm[3] = m;
+    } else if (T == Q4_K || T == Q5_K) {
+        const int nb = T == Q4_K ? 144 : 176;
+        const uint8_t *o = row + (b >> 3) * nb;
+        const int j = (int)(b & 7);
+        const uint8_t *sc = o + 4;
+        int s, mn;
+        if (j < 4) { s = sc[j] & 63; mn = sc[j + 4] & 63; }
+        else { s = (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4); mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4); }
+        const uint8_t *qs = o + (T == Q4_K ? 16 : 48) + (j >> 1) * 32;
+        const int sh = 4 * (j & 1);
+        if (T == Q4_K) {
+            for (int l = 0; l < 32; l++) q[l] = (int8_t)((qs[l] >> sh) & 15);
+        } else {
+            const uint8_t *qh = o + 16;
+            for (int l = 0; l < 32; l++) q[l] = (int8_t)(((qs[l] >> sh) & 15) | (((qh[l] >> j) & 1) << 4));
+        }
+        float ds = h2f(rd16(o)) * (float)s, dm = -h2f(rd16(o + 2)) * (float)mn;
+        sm[0] = sm[1] = ds; sm[2] = sm[3] = dm;
+    } else { /* Q6_K */
+        const uint8_t *o = row + (b >> 3) * 210;
+        const int j = (int)(b & 7), hh = j >> 2, p = j & 3;
+        const uint8_t *ql = o + hh * 64 + ((p & 1) ? 32 : 0);
+        const uint8_t *qh = o + 128 + hh * 32;
+        const int sh = p >= 2 ? 4 : 0;
+        for (int l = 0; l < 32; l++) q[l] = (int8_t)((((ql[l] >> sh) & 15) | (((qh[l] >> (2 * p)) & 3) << 4)) - 32);
+        const int8_t *sc = (const int8_t *)(o + 192 + hh * 8 + p * 2);
+        float d = h2f(rd16(o + 208));
+        sm[0] = d * (float)sc[0]; sm[1] = d * (float)sc[1]; sm[2] = sm[3] = 0.0f;
+    }
+}
+
+/* rows [r0, r1) of W . all n activations: the hot loop of decode */
+static inline __attribute__((always_inline)) void FN(mm_rows)(const uint8_t *w, int64_t row_bytes, const int T,
+        const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
+    const int64_t nb = k / 32;
+    int8_t q[32] __attribute__((aligned(32)));
+    float sm[4];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xq + t * k;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                FN(decode32)(row, T, b, q, sm);
+                const int8_t *xb = xt + b * 32;
+                int32_t i0 = 0, i1 = 0;
+                for (int l = 0; l < 16; l++) i0 += (int32_t)q[l] * (int32_t)xb[l];
+                for (int l = 16; l < 32; l++) i1 += (int32_t)q[l] * (int32_t)xb[l];
+                const int32_t *s = xs + t * (k / 16) + 2 * b;
+                acc += xd[t * nb + b] * (sm[0] * (float)i0 + sm[1] * (float)i1 + sm[2] * (float)s[0] + sm[3] * (float)s[1]);
+            }
+            out[t * rows + r] = acc;
+        }
+    }
+}
+
+
+#ifdef SIMD_X86
+/* AVX2 bodies for the hot weight types (Q8_0, Q5_0, Q4_K, Q6_K): each 32-value sub-block becomes
+ * 32 bytes of codes, multiplied with the int8 activation codes by maddubs into 8 int32 lanes
+ * (lanes 0-3 cover values 0-15, lanes 4-7 values 16-31), scaled per half and accumulated in
+ * float. Unsigned codes carry their offset as a min term on the activation sums. */
+static inline __m256i FN(bytes_from_bits_32)(const uint8_t *x) {
+    uint32_t x32; memcpy(&x32, x, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+static inline float FN(hsum8)(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t *w, int64_t row_bytes, const int T,
+        const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
+    const int64_t nb = k / 32;
+    const __m256i ones16 = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(15);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xq + t * k;
+            const float *dxt = xd + t * nb;
+            const int32_t *st = xs + t * (k / 16);
+            __m256 acc = _mm256_setzero_ps();
+            float accm = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const __m256i qx = _mm256_loadu_si256((const __m256i *)(xt + b * 32));
+                const float dx = dxt[b];
+                __m256i dot;
+                __m256 sc;
+                if (T == Q8_0) {
+                    const uint8_t *o = row + b * 34;
+                    const __m256i qw = _mm256_loadu_si256((const __m256i *)(o + 2));
+                    const __m256i ax = _mm256_sign_epi8(qw, qw), sy = _mm256_sign_epi8(qx, qw);
+                    dot = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones16);
+                    sc = _mm256_set1_ps(h2f(rd16(o)) * dx);
+                } else {
+                    __m256i u;
+                    float s0, s1, m0, m1;
+                    if (T == Q5_0) {
+                        const uint8_t *o = row + b * 22;
+                        const __m128i q16 = _mm_loadu_si128((const __m128i *)(o + 6));
+                        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);
+                        u = _mm256_or_si256(u, _mm256_and_si256(FN(bytes_from_bits_32)(o + 2), _mm256_set1_epi8(16)));
+                        s0 = s1 = h2f(rd16(o)); m0 = m1 = -16.0f * s0;
+                    } else if (T == Q4_K) {
+                        const uint8_t *o = row + (b >> 3) * 144;
+                        const int j = (int)(b & 7);
+                        const uint8_t *scb = o + 4;
+                        int s, mn;
+                        if (j < 4) { s = scb[j] & 63; mn = scb[j + 4] & 63; }
+                        else { s = (scb[j + 4] & 15) | ((scb[j - 4] >> 6) << 4); mn = (scb[j + 4] >> 4) | ((scb[j] >> 6) << 4); }
+                        const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + (j >> 1) * 32));
+                        u = _mm256_and_si256((j & 1) ? _mm256_srli_epi16(q, 4) : q, m4);
+                        s0 = s1 = h2f(rd16(o)) * (float)s; m0 = m1 = -h2f(rd16(o + 2)) * (float)mn;
+                    } else { /* Q6_K */
+                        const uint8_t *o = row + (b >> 3) * 210;
+                        const int j = (int)(b & 7), hh = j >> 2, p = j & 3;
+                        const __m256i l = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + ((p & 1) ? 32 : 0)));
+                        const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
+                        const __m256i lo = _mm256_and_si256(p >= 2 ? _mm256_srli_epi16(l, 4) : l, m4);
+                        __m256i hi;
+                        switch (p) {
+                        case 0: hi = _mm256_slli_epi16(h, 4); break;
+                        case 1: hi = _mm256_slli_epi16(h, 2); break;
+                        case 2: hi = h; break;
+                        default: hi = _mm256_srli_epi16(h, 2); break;
+                        }
+                        u = _mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)));
+                        const int8_t *scs = (const int8_t *)(o + 192 + hh * 8 + p * 2);
+                        const float d = h2f(rd16(o + 208));
+                        s0 = d * (float)scs[0]; s1 = d * (float)scs[1]; m0 = -32.0f * s0; m1 = -32.0f * s1;
+                    }
+                    dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u, qx), ones16);
+                    sc = _mm256_set_m128(_mm_set1_ps(s1 * dx), _mm_set1_ps(s0 * dx));
+                    accm += dx * (m0 * (float)st[2 * b] + m1 * (float)st[2 * b + 1]);
+                }
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc);
+            }
+            out[t * rows + r] = FN(hsum8)(acc) + accm;
+        }
+    }
+}
+#define MM_FAST(TT) FN(mm_rows_simd)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out)
+#else
+#define MM_FAST(TT) FN(mm_rows)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out)
+#endif
+
+#define MM_TYPE(TT) \
+static void FN(mm_##TT)(const uint8_t *w, int64_t rb, const int8_t *xq, const float *xd, const int32_t *xs, \
+                        int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) { \
+    FN(mm_rows)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out); }
+#define MM_TYPE_FAST(TT) \
+static void FN(mm_##TT)(const uint8_t *w, int64_t rb, const int8_t *xq, const float *xd, const int32_t *xs, \
+                        int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) { MM_FAST(TT); }
+MM_TYPE(Q4_0) MM_TYPE(Q4_1) MM_TYPE_FAST(Q5_0) MM_TYPE(Q5_1) MM_TYPE_FAST(Q8_0) MM_TYPE_FAST(Q4_K) MM_TYPE(Q5_K) MM_TYPE_FAST(Q6_K)
+#undef MM_TYPE
+#undef MM_TYPE_FAST
+#undef MM_FAST
+
+static void FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *xq, const float *xd,
+                            const int32_t *xs, int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) {
+    switch (T) {
+    case Q4_0: FN(mm_Q4_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q4_1: FN(mm_Q4_1)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q5_0: FN(mm_Q5_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q5_1: FN(mm_Q5_1)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q8_0: FN(mm_Q8_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q4_K: FN(mm_Q4_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q5_K: FN(mm_Q5_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    default:   FN(mm_Q6_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    }
+}
+
+static void FN(mm_float_rows)(const uint8_t *w, int64_t rb, int T, const float *x, int64_t n, int64_t k,
+                              int64_t r0, int64_t r1, int64_t rows, float *out) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * rb;
+        for (int64_t t = 0; t < n; t++) {
+            const float *xt = x + t * k;
+            float acc = 0.0f;
+            if (T == F32) { const float *f = (const float *)row; for (int64_t i = 0; i < k; i++) acc += f[i] * xt[i]; }
+            else if (T == F16) { const uint16_t *h = (const uint16_t *)row; for (int64_t i = 0; i < k; i++) acc += h2f(h[i]) * xt[i]; }
+            else { const uint16_t *h = (const uint16_t *)row; for (int64_t i = 0; i < k; i++) acc += bf2f(h[i]) * xt[i]; }
+            out[t * rows + r] = acc;
+        }
+    }
+}
+
+static void FN(quantize_q8)(const float *x, int64_t n, int64_t k, int8_t *xq, float *xd, int32_t *xs) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t b = 0; b < k / 32; b++) {
+            const float *v = x + t * k + b * 32;
+            float amax = 0.0f;
+            for (int l = 0; l < 32; l++) { float a = fabsf(v[l]); amax = a > amax ? a : amax; }
+            float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+            int32_t s0 = 0, s1 = 0;
+            int8_t *o = xq + t * k + b * 32;
+            for (int l = 0; l < 32; l++) {
+                int32_t qv = (int32_t)nearbyintf(v[l] * inv);
+                o[l] = (int8_t)qv;
+                if (l < 16) s0 += qv; else s1 += qv;
+            }
+            xd[t * (k / 32) + b] = d;
+            xs[t * (k / 16) + 2 * b] = s0;
+            xs[t * (k / 16) + 2 * b + 1] = s1;
+        }
+}
+
+static void FN(dequant_rows)(const uint8_t *w, int64_t rb, int T, int64_t k, int64_t r0, int64_t r1, float *out) {
+    int8_t q[32];
+    float sm[4];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * rb;
+        float *o = out + (r - r0) * k;
+        if (T == F32) { memcpy(o, row, (size_t)k * 4); continue; }
+        if (T == F16) { const uint16_t *h = (const uint16_t *)row; for (int64_t i = 0; i < k; i++) o[i] = h2f(h[i]); continue; }
+        if (T == BF16) { const uint16_t *h = (const uint16_t *)row; for (int64_t i = 0; i < k; i++) o[i] = bf2f(h[i]); continue; }
+        for (int64_t b = 0; b < k / 32; b++) {
+            FN(decode32)(row, T, b, q, sm);
+            for (int l = 0; l < 32; l++) {
+                int h = l >= 16;
+                float v = sm[h] * (float)q[l];
+                if (sm[2 + h] != 0.0f) v += sm[2 + h];
+                o[b * 32 + l] = v;
+            }
+        }
+    }
+}
+
+static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t *c2, const uint8_t *c1,
+                             int64_t n8, int64_t n4, int64_t n2, int64_t n1, const uint16_t *scale,
+                             const uint16_t *mn, int64_t b, const float *qt, int64_t m, int64_t B, float *out,
+                             int64_t nblk) {
+    const int64_t r = n8 + n4 + n2 + n1;
+    float a[1024];
+    for (int64_t i = 0; i < m; i++) {
+        const float *qi = qt + i * r;
+        float base = 0.0f;
+        for (int64_t j = 0; j < r; j++) { a[j] = qi[j] * h2f(scale[b * r + j]); base += qi[j] * h2f(mn[b * r + j]); }
+        float *o = out + i * nblk * B + b * B;
+        for (int64_t t = 0; t < B; t++) o[t] = base;
+        int64_t j = 0;
+        for (int64_t c = 0; c < n8; c++, j++) { const uint8_t *p = c8 + (b * n8 + c) * B; float aj = a[j];
+            for (int64_t t = 0; t < B; t++) o[t] += aj * (float)p[t]; }
+        for (int64_t c = 0; c < n4; c++, j++) { const uint8_t *p = c4 + (b * n4 + c) * (B / 2); float aj = a[j];
+            for (int64_t t = 0; t < B / 2; t++) { o[2 * t] += aj * (float)(p[t] & 15); o[2 * t + 1] += aj * (float)(p[t] >> 4); } }
+        for (int64_t c = 0; c < n2; c++, j++) { const uint8_t *p = c2 + (b * n2 + c) * (B / 4); float aj = a[j];
+            for (int64_t t = 0; t < B / 4; t++) { uint8_t v = p[t];
+                o[4 * t] += aj * (float)(v & 3); o[4 * t + 1] += aj * (float)((v >> 2) & 3);
+                o[4 * t + 2] += aj * (float)((v >> 4) & 3); o[4 * t + 3] += aj * (float)(v >> 6); } }
+        for (int64_t c = 0; c < n1; c++, j++) { const uint8_t *p = c1 + (b * n1 + c) * (B / 8); float aj = a[j];
+            for (int64_t t = 0; t < B; t++) o[t] += aj * (float)((p[t >> 3] >> (t & 7)) & 1); }
+    }
+}
+
+#undef FN

@@ -1,0 +1,19 @@
+/* svdq-edge native kernels: the C interface, also the cffi cdef (plain prototypes only).
+ * Every function checks its sizes first and returns 0 on success, a negative code on error:
+ *   -1 unsupported type, -2 row_bytes does not match type and k, -3 bad size, -4 id out of range, -5 out of memory.
+ * Weights are GGML blocks, uint8 (rows, row_bytes); activations float32 row-major. */
+int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int qtype,
+                const float *x, long long n, long long k, float *out);
+int svdq_dequant_rows(const unsigned char *w, long long rows, long long row_bytes, int qtype,
+                      long long k, long long r0, long long r1, float *out);
+int svdq_get_rows(const unsigned char *w, long long rows, long long row_bytes, int qtype,
+                  long long k, const long long *ids, long long m, float *out);
+int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const unsigned char *c2,
+                      const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
+                      const unsigned short *scale, const unsigned short *mn, long long nblk,
+                      const float *qt, long long m, long long block, float *out);
+void svdq_set_threads(int n);
+int svdq_get_threads(void);
+int svdq_set_path(int path);
+int svdq_active_path(void);
+int svdq_path_supported(int path);

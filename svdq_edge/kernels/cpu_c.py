@@ -1,0 +1,139 @@
+"""C backend: the cffi module built from native/ on first import (cached per source hash in
+~/.cache/svdq-edge/native/), raising ImportError when no compiler works so that the dispatcher
+falls back to Numba. Implements the backend contract plus the SVDq latent score."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
+PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
+ERRORS = {-1: "unsupported tensor type", -2: "row size does not match type and columns",
+          -3: "bad size", -4: "row id out of range", -5: "out of memory"}
+
+
+def _build_dir() -> Path:
+    h = hashlib.sha256()
+    for f in sorted(NATIVE.glob("*.[ch]")) + [NATIVE / "build.py"]:
+        h.update(f.name.encode() + f.read_bytes())
+    h.update(sys.version.encode())
+    base = Path(os.environ.get("SVDQ_EDGE_NATIVE_CACHE") or Path.home() / ".cache" / "svdq-edge" / "native")
+    return base / h.hexdigest()[:16]
+
+
+def _load():
+    if not (NATIVE / "build.py").exists():
+        raise ImportError("native/ sources not found")
+    d = _build_dir()
+    so = next(iter(d.glob("_svdq_native*.so")), None) if d.exists() else None
+    if so is None:
+        sys.path.insert(0, str(NATIVE))
+        try:
+            import build as native_build
+            d.mkdir(parents=True, exist_ok=True)
+            import contextlib
+            import io
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                so = Path(native_build.ffibuilder().compile(tmpdir=str(d)))
+        except Exception as e:
+            raise ImportError(f"the C kernels did not build ({type(e).__name__}: {e}); using Numba") from None
+        finally:
+            sys.path.remove(str(NATIVE))
+    spec = importlib.util.spec_from_file_location("_svdq_native", so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_mod = _load()
+ffi, lib = _mod.ffi, _mod.lib
+
+
+def _ptr(a: np.ndarray, ctype: str):
+    if not a.flags.c_contiguous:
+        raise ValueError(f"array of shape {a.shape} is not C-contiguous")
+    return ffi.cast(ctype, ffi.from_buffer(a))
+
+
+def _ok(rc: int, what: str) -> None:
+    if rc != 0:
+        raise ValueError(f"{what}: {ERRORS.get(rc, f'error {rc}')}")
+
+
+def _check_out(out: np.ndarray, shape) -> None:
+    if out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"output must be float32 C-contiguous {tuple(shape)}, got {out.dtype} {out.shape}")
+
+
+PREFILL_MIN_TOKENS = 4
+
+
+def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
+    rows, rb = data.shape
+    n, k = x.shape
+    _check_out(out, (n, rows))
+    x = np.ascontiguousarray(x, np.float32)
+    if n >= PREFILL_MIN_TOKENS:
+        # batched prefill: decode row panels once, multiply all tokens with BLAS
+        step = max(16, min(rows, (4 << 20) // (4 * k)))
+        panel = np.empty((step, k), np.float32)                # (step, k)
+        for r0 in range(0, rows, step):
+            m = min(step, rows - r0)
+            _ok(lib.svdq_dequant_rows(_ptr(data, "unsigned char *"), rows, rb, qtype, k, r0, r0 + m,
+                                      _ptr(panel, "float *")), "dequant")
+            out[:, r0:r0 + m] = x @ panel[:m].T
+        return
+    _ok(lib.svdq_matmul(_ptr(data, "unsigned char *"), rows, rb, qtype, _ptr(x, "float *"), n, k,
+                        _ptr(out, "float *")), "matmul")
+
+
+def get_rows(data: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:
+    rows, rb = data.shape
+    ids = np.ascontiguousarray(ids, np.int64)
+    _check_out(out, (ids.shape[0], out.shape[1]))
+    _ok(lib.svdq_get_rows(_ptr(data, "unsigned char *"), rows, rb, qtype, out.shape[1],
+                          _ptr(ids, "long long *"), ids.shape[0], _ptr(out, "float *")), "get_rows")
+
+
+def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths, qt: np.ndarray, B: int) -> np.ndarray:
+    """SVDq packed latent-K scores (contract of svdq_ref.score)."""
+    nblk = scale.shape[0]
+    qt = np.ascontiguousarray(qt, np.float32)
+    out = np.empty((qt.shape[0], nblk * B), np.float32)
+    if nblk == 0:
+        return out
+    cs = [np.ascontiguousarray(c) for c in codes]
+    for c, w in zip(cs, (8, 4, 2, 1)):
+        if c.shape[0] != nblk or c.shape[2] != B * w // 8:
+            raise ValueError(f"codes for width {w} have shape {c.shape}, expected ({nblk}, n, {B * w // 8})")
+    r = sum(c.shape[1] for c in cs)
+    if scale.shape != (nblk, r) or mn.shape != (nblk, r) or qt.shape[1] != r:
+        raise ValueError("scale/min/query shapes do not match the codes")
+    sc = np.ascontiguousarray(scale).view(np.uint16)
+    m_ = np.ascontiguousarray(mn).view(np.uint16)
+    _ok(lib.svdq_latent_score(*[_ptr(c, "unsigned char *") for c in cs], *[c.shape[1] for c in cs],
+                              _ptr(sc, "unsigned short *"), _ptr(m_, "unsigned short *"), nblk,
+                              _ptr(qt, "float *"), qt.shape[0], B, _ptr(out, "float *")), "latent score")
+    return out
+
+
+def set_threads(n: int) -> None:
+    lib.svdq_set_threads(int(n))
+
+
+def set_path(name: str | None) -> None:
+    """Force a SIMD path ('scalar', 'avx2', 'avx512', 'neon') or None for automatic."""
+    _ok(lib.svdq_set_path(-1 if name is None else PATHS[name]), f"path {name}")
+
+
+def cpu_paths() -> list[str]:
+    return [n for n, i in PATHS.items() if lib.svdq_path_supported(i)]
+
+
+def active_path() -> str:
+    return {v: k for k, v in PATHS.items()}[lib.svdq_active_path()]
