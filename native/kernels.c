@@ -180,3 +180,19 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
         BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt, m, B, out, nblk));
     return 0;
 }
+
+int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long H, long long KV,
+                long long d, long long T, float *out) {
+    if (nq < 0 || T < 0 || d <= 0 || KV <= 0 || H % KV) return -3;
+    PARALLEL_ROWS(T, BY_PATH(qk_rows, q, k, nq, H, KV, d, T, r0, r1, out));
+    return 0;
+}
+
+int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
+                        long long d, long long T, float *out) {
+    if (nq < 0 || T <= 0 || d <= 0 || KV <= 0 || H % KV) return -3;
+    const int64_t g = H / KV, rows = nq * H;
+    PARALLEL_ROWS(rows, for (int64_t r = r0; r < r1; r++)
+        BY_PATH(softmax_av, scores + r * T, v, T, KV, d, (r % H) / g, out + r * d));
+    return 0;
+}

@@ -296,4 +296,61 @@ static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t
     }
 }
 
+/* attention over f16 keys/values, GQA: head h reads kv head h / (H / KV) */
+static inline void FN(load8_f16)(const uint16_t *src, float *dst) {
+#ifdef SIMD_X86
+    _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)src)));
+#else
+    for (int i = 0; i < 8; i++) dst[i] = h2f(src[i]);
+#endif
+}
+
+static float FN(dot_f16)(const float *q, const uint16_t *k, int64_t d) {
+#ifdef SIMD_X86
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), acc);
+    float s = FN(hsum8)(acc);
+    for (; i < d; i++) s += q[i] * h2f(k[i]);
+    return s;
+#else
+    float s = 0.0f;
+    for (int64_t i = 0; i < d; i++) s += q[i] * h2f(k[i]);
+    return s;
+#endif
+}
+
+static void FN(axpy_f16)(float a, const uint16_t *v, float *o, int64_t d) {
+#ifdef SIMD_X86
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))), _mm256_loadu_ps(o + i)));
+    for (; i < d; i++) o[i] += a * h2f(v[i]);
+#else
+    for (int64_t i = 0; i < d; i++) o[i] += a * h2f(v[i]);
+#endif
+}
+
+static void FN(qk_rows)(const float *q, const uint16_t *k, int64_t nq, int64_t H, int64_t KV, int64_t d,
+                        int64_t T, int64_t t0, int64_t t1, float *out) {
+    const int64_t g = H / KV;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t h = 0; h < H; h++)
+                out[(i * H + h) * T + t] = FN(dot_f16)(q + (i * H + h) * d, k + (t * KV + h / g) * d, d);
+}
+
+static void FN(softmax_av)(float *p, const uint16_t *v, int64_t T, int64_t KV, int64_t d, int64_t kv, float *o) {
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < T; t++) mx = p[t] > mx ? p[t] : mx;
+    float sum = 0.0f;
+    for (int64_t t = 0; t < T; t++) { float e = p[t] == -INFINITY ? 0.0f : expf(p[t] - mx); p[t] = e; sum += e; }
+    const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t i = 0; i < d; i++) o[i] = 0.0f;
+    for (int64_t t = 0; t < T; t++)
+        if (p[t] != 0.0f) FN(axpy_f16)(p[t] * inv, v + (t * KV + kv) * d, o, d);   /* V read only where p > 0 */
+}
+
 #undef FN

@@ -12,6 +12,10 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
                       const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
                       const unsigned short *scale, const unsigned short *mn, long long nblk,
                       const float *qt, long long m, long long block, float *out);
+int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long H, long long KV,
+                long long d, long long T, float *out);
+int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
+                        long long d, long long T, float *out);
 void svdq_set_threads(int n);
 int svdq_get_threads(void);
 int svdq_set_path(int path);

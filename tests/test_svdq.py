@@ -135,8 +135,8 @@ def test_accounting_matches_arrays():
     c = SVDqCache(CacheSpec(0, H, KV, d, 2048, None, rope), basis, cfg)
     c.append(keys, keys)
     c.append(keys[:1], keys[:1])          # triggers the flush
-    n_codes = sum(x[:c.nblk].nbytes for x in c.codes)
-    n_sm = c.scale[:c.nblk].nbytes + c.mn[:c.nblk].nbytes
+    n_codes = sum(x[:, :c.nblk].nbytes for x in c.codes)
+    n_sm = c.scale[:, :c.nblk].nbytes + c.mn[:, :c.nblk].nbytes
     n_full = (cfg.sinks + c.offset - c.win_start) * KV * d * 2
     assert c.k_nbytes() == n_codes + n_sm + n_full + c.V16.nbytes + c.mu16.nbytes
     bits = c.k_bits_per_elem()

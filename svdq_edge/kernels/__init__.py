@@ -125,3 +125,38 @@ def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarra
     else:
         from . import svdq_numba as mod
     return mod.score(codes, scale, mn, widths, qt, block)
+
+
+def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_pos0: int, k_pos0: int,
+                  window: int | None) -> np.ndarray:
+    """Causal (optionally sliding-window) GQA attention over f16 keys/values.
+    q: float32 (n, H, d); k, v: float16 (T, KV, d) at positions k_pos0.. -> float32 (n, H, d)."""
+    mod = backend()
+    if not hasattr(mod, "qk_f16"):
+        from ..kvcache.base import causal_softmax_attend
+        return causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), scale, q_pos0, k_pos0, window)
+    s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
+    n, T = q.shape[0], k.shape[0]
+    if n > 1 or window is not None:
+        qp = q_pos0 + np.arange(n)[:, None]
+        kp = k_pos0 + np.arange(T)[None, :]
+        mask = kp > qp
+        if window is not None:
+            mask |= kp <= qp - window
+        if mask.any():
+            s[np.broadcast_to(mask[:, None, :], s.shape)] = -np.inf
+    return mod.softmax_av_f16(s, v)
+
+
+def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """scores float32 (n, H, T) with -inf where masked, v float16 (T, KV, d) -> (n, H, d)."""
+    mod = backend()
+    if hasattr(mod, "softmax_av_f16"):
+        return mod.softmax_av_f16(np.ascontiguousarray(scores, np.float32), v)
+    n, H, T = scores.shape
+    KV = v.shape[1]
+    s = scores - scores.max(axis=2, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=2, keepdims=True)
+    pg = p.reshape(n, KV, H // KV, T)
+    return np.einsum("nkgt,tkd->nkgd", pg, v.astype(np.float32), optimize=True).reshape(n, H, -1).astype(np.float32)

@@ -137,3 +137,29 @@ def cpu_paths() -> list[str]:
 
 def active_path() -> str:
     return {v: k for k, v in PATHS.items()}[lib.svdq_active_path()]
+
+
+def qk_f16(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """q: float32 (n, H, d), k: float16 (T, KV, d) -> raw scores float32 (n, H, T)."""
+    n, H, d = q.shape
+    T, KV, dk = k.shape
+    if dk != d or k.dtype != np.float16 or H % KV:
+        raise ValueError(f"qk_f16: q {q.shape} and k {k.shape} {k.dtype} do not match")
+    q = np.ascontiguousarray(q, np.float32)
+    out = np.empty((n, H, T), np.float32)
+    _ok(lib.svdq_qk_f16(_ptr(q, "float *"), _ptr(k.view(np.uint16), "unsigned short *"), n, H, KV, d, T,
+                        _ptr(out, "float *")), "qk_f16")
+    return out
+
+
+def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """scores: float32 (n, H, T) (-inf = masked; overwritten), v: float16 (T, KV, d) -> (n, H, d).
+    V rows are read only where the softmax weight is nonzero."""
+    n, H, T = scores.shape
+    Tv, KV, d = v.shape
+    if Tv != T or v.dtype != np.float16 or H % KV or not scores.flags.c_contiguous or scores.dtype != np.float32:
+        raise ValueError(f"softmax_av_f16: scores {scores.shape} and v {v.shape} {v.dtype} do not match")
+    out = np.empty((n, H, d), np.float32)
+    _ok(lib.svdq_softmax_av_f16(_ptr(scores, "float *"), _ptr(v.view(np.uint16), "unsigned short *"), n, H, KV,
+                                d, T, _ptr(out, "float *")), "softmax_av_f16")
+    return out

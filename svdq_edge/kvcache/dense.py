@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from .base import CacheSpec, causal_softmax_attend
 
 
@@ -46,6 +47,9 @@ class DenseCache:
         lo = 0
         if self.spec.window is not None:
             lo = max(0, q0 - self.spec.window + 1)
+        if self.dtype == np.float16:
+            return kernels.attention_f16(q, self.k[lo:self.offset], self.v[lo:self.offset], scale, q0, lo,
+                                         self.spec.window)
         k = self.k[lo:self.offset].astype(np.float32)
         v = self.v[lo:self.offset].astype(np.float32)
         return causal_softmax_attend(q, k, v, scale, q0, lo, self.spec.window)
@@ -54,7 +58,8 @@ class DenseCache:
         self.offset = min(self.offset, max(0, n))
 
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        """Bytes of the tokens held (capacity grows by doubling; the unused tail is not counted)."""
+        return 2 * self.offset * self.spec.n_kv * self.spec.head_dim * self.dtype.itemsize
 
     def k_bits_per_elem(self) -> float:
         return 8.0 * self.dtype.itemsize

@@ -37,17 +37,19 @@ class SVDqCache:
         self.win_start = cfg.sinks                                # position of the first window token
         self._cap_blk = 0
         self._cap_tok = 0
-        self.codes = [np.empty((0, self.G, n, self.B * w // 8), np.uint8)
-                      for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (cap_blk, G, n_w, B*w/8)
-        self.scale = np.empty((0, self.G, self.r), np.float16)    # (cap_blk, G, r)
-        self.mn = np.empty((0, self.G, self.r), np.float16)       # (cap_blk, G, r)
+        self.codes = [np.empty((self.G, 0, n, self.B * w // 8), np.uint8)
+                      for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (G, cap_blk, n_w, B*w/8)
+        self.scale = np.empty((self.G, 0, self.r), np.float16)    # (G, cap_blk, r)
+        self.mn = np.empty((self.G, 0, self.r), np.float16)       # (G, cap_blk, r)
         self.kfull = np.empty((0, KV, d), np.float16)             # (cap_tok, KV, d) sinks + window keys, by position
         self.v = np.empty((0, KV, d), np.float16)                 # (cap_tok, KV, d)
 
     # -- storage ----------------------------------------------------------------------------------
-    def _grow(self, arr, cap):
-        new = np.empty((cap,) + arr.shape[1:], arr.dtype)
-        new[: arr.shape[0]] = arr
+    def _grow(self, arr, cap, axis=0):
+        shape = list(arr.shape)
+        shape[axis] = cap
+        new = np.empty(shape, arr.dtype)
+        new[(slice(None),) * axis + (slice(0, arr.shape[axis]),)] = arr
         return new
 
     def _reserve(self, n_tok: int) -> None:
@@ -95,16 +97,16 @@ class SVDqCache:
             z = np.einsum("bgd,gdr->bgr", self._group(k) - self.muf[None], self.Vf)   # (B, G, r)
             if self.nblk == self._cap_blk:
                 cap = max(8, 2 * self._cap_blk)
-                self.codes = [self._grow(c, cap) for c in self.codes]
-                self.scale = self._grow(self.scale, cap)
-                self.mn = self._grow(self.mn, cap)
+                self.codes = [self._grow(c, cap, 1) for c in self.codes]
+                self.scale = self._grow(self.scale, cap, 1)
+                self.mn = self._grow(self.mn, cap, 1)
                 self._cap_blk = cap
             for g in range(self.G):
                 packed, s, m = svdq_ref.quantize_block(z[:, g, :], self.basis.widths)
                 for c, p in zip(self.codes, packed):
-                    c[self.nblk, g] = p
-                self.scale[self.nblk, g] = s
-                self.mn[self.nblk, g] = m
+                    c[g, self.nblk] = p
+                self.scale[g, self.nblk] = s
+                self.mn[g, self.nblk] = m
             self.nblk += 1
             nwin = self.offset - self.win_start - B
             self.kfull[S:S + nwin] = self.kfull[S + B:S + B + nwin]
@@ -131,13 +133,13 @@ class SVDqCache:
                     kv = h // grp
                     qpad[:, j, kv * d:(kv + 1) * d] = q[:, h, :]
                 qg = qpad
-            codes = [c[:self.nblk, g] for c in self.codes]
+            codes = [c[g, :self.nblk] for c in self.codes]                          # contiguous per group
             if self.cfg.pre_rope:
                 out[:, hs, :] = self._prerope_scores(qg, g, codes)
                 continue
             qt = qg.reshape(-1, self.D) @ self.Vf[g]                                 # (n*h, r)
             base = qg.reshape(-1, self.D) @ self.muf[g]                              # (n*h,)
-            sc = kernels.svdq_score(codes, self.scale[:self.nblk, g], self.mn[:self.nblk, g],
+            sc = kernels.svdq_score(codes, self.scale[g, :self.nblk], self.mn[g, :self.nblk],
                                     self.basis.widths, qt, self.B)                   # (n*h, nblk*B)
             out[:, hs, :] = (sc + base[:, None]).reshape(n, len(hs), -1)
         return out
@@ -150,7 +152,7 @@ class SVDqCache:
         out = np.empty((n, h, self.nblk * B), np.float32)
         d = self.spec.head_dim
         for b in range(self.nblk):
-            z = svdq_ref.dequantize_block([c[b] for c in codes], self.scale[b, g], self.mn[b, g],
+            z = svdq_ref.dequantize_block([c[b] for c in codes], self.scale[g, b], self.mn[g, b],
                                           self.basis.widths, B)                       # (B, r)
             k = z @ self.Vf[g].T + self.muf[g]                                        # (B, D)
             k = self.spec.rope.apply(k.reshape(B, -1, d), S + b * B).reshape(B, D)
@@ -186,21 +188,8 @@ class SVDqCache:
                 sp = scores[:, :, S:S + t_pack]
                 cut = np.partition(sp, t_pack - k, axis=2)[:, :, t_pack - k][:, :, None]
                 sp[sp < cut] = -np.inf
-        scores -= scores.max(axis=2, keepdims=True)
-        p = np.exp(scores)
-        p /= p.sum(axis=2, keepdims=True)                                               # (n, H, T)
-        T = self.offset
-        if self.cfg.topk is not None and n == 1:
-            # read V only where the softmax is nonzero (sinks, selected tokens, window)
-            out = np.empty((1, H, d), np.float32)
-            for kv in range(KV):
-                ph = p[0, kv * grp:(kv + 1) * grp]                                     # (grp, T)
-                idx = np.nonzero(ph.max(axis=0) > 0)[0]
-                out[0, kv * grp:(kv + 1) * grp] = ph[:, idx] @ self.v[idx, kv].astype(np.float32)
-            return out
-        v = self.v[:T].astype(np.float32)                                               # (T, KV, d)
-        pg = p.reshape(n, KV, grp, T)
-        return np.einsum("nkgt,tkd->nkgd", pg, v, optimize=True).reshape(n, H, d).astype(np.float32)
+        # softmax and V accumulation; V rows are read only for tokens with nonzero weight
+        return kernels.softmax_av_f16(scores, self.v[:self.offset])
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def trim(self, n: int) -> None:
