@@ -9,6 +9,7 @@ the JSON). Needs llama.cpp's tools built from the llama-cpp-python 0.3.36 source
 
     python tools/llamacpp_fixtures.py tokenize --bin /tmp/llref/.../build/bin
     python tools/llamacpp_fixtures.py perplexity --bin ...     (parses llama-perplexity logs)
+    python tools/llamacpp_fixtures.py top1                     (reads --kl-divergence-base files)
 """
 from __future__ import annotations
 
@@ -78,10 +79,46 @@ def cmd_perplexity(a):
         print(name, m.group(1), len(running), "chunks")
 
 
+def read_kld_base(path: Path):
+    """llama-perplexity --kl-divergence-base file: '_logits_', n_ctx, n_vocab, n_chunk (int32),
+    tokens int32 (n_chunk*n_ctx), then per chunk n_ctx-1-n_ctx/2 rows of [f32 scale, f32 min
+    log-prob, uint16 x n_vocab padded to even]; log p = min + scale * u."""
+    import numpy as np
+    b = path.read_bytes()
+    assert b[:8] == b"_logits_"
+    n_ctx, n_vocab, n_chunk = np.frombuffer(b, np.int32, 3, 8)
+    tokens = np.frombuffer(b, np.int32, n_chunk * n_ctx, 20).reshape(n_chunk, n_ctx)
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    rows = n_ctx - 1 - n_ctx // 2
+    data = np.frombuffer(b, np.uint16, n_chunk * rows * nv, 20 + 4 * n_chunk * n_ctx).reshape(n_chunk, rows, nv)
+    return int(n_ctx), int(n_vocab), tokens, data
+
+
+def cmd_top1(a):
+    import numpy as np
+    for name, short in (("gemma-3-270m", "gemma"), ("qwen2.5-coder-0.5b", "qwen")):
+        n_ctx, n_vocab, tokens, data = read_kld_base(Path(a.logdir) / f"kld_{short}.bin")
+        first = n_ctx // 2
+        chunks = []
+        for c in range(tokens.shape[0]):
+            u = data[c, :, 4:4 + n_vocab]
+            head = data[c, :, :4].copy().view(np.float32)          # (rows, 2): scale, min log-prob
+            nxt = tokens[c, first + 1:]
+            lp = head[:, 1] + head[:, 0] * u[np.arange(len(nxt)), nxt].astype(np.float32)
+            chunks.append({"argmax": u.argmax(axis=1).tolist(), "logprob_next": [round(float(x), 4) for x in lp]})
+        (FIX / f"top1_{name}.json").write_text(json.dumps({
+            "command": f"llama-perplexity -m {MODELS[name]} -f tests/fixtures/pride_ch1_15.txt -c 512 -b 512 -t 2 "
+                       f"-fa off --chunks 4 --kl-divergence-base kld.bin; python tools/llamacpp_fixtures.py top1",
+            "llama_cpp": "vendored in llama-cpp-python 0.3.36", "n_ctx": n_ctx, "first": first,
+            "note": "argmax of llama.cpp's 16-bit quantized log-probs over the scored second half of each chunk",
+            "chunks": chunks}))
+        print(name, len(chunks), "chunks")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["tokenize", "perplexity"])
+    ap.add_argument("what", choices=["tokenize", "perplexity", "top1"])
     ap.add_argument("--bin", type=Path, default=Path("/tmp/llref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"))
     ap.add_argument("--logdir", default="/tmp/llref")
     a = ap.parse_args()
-    {"tokenize": cmd_tokenize, "perplexity": cmd_perplexity}[a.what](a)
+    {"tokenize": cmd_tokenize, "perplexity": cmd_perplexity, "top1": cmd_top1}[a.what](a)

@@ -1,0 +1,202 @@
+"""SVDq measurements on the real models: latent spectra of keys, K reconstruction error against
+per-channel quantization in the original space at equal bits, and perplexity / KL divergence /
+top-1 agreement of the SVDq cache against the f16 cache on the same tokens.
+
+    python tools/svdq_eval.py spectra  --model qwen2.5-coder-0.5b      -> tools/results/*.json, *.png
+    python tools/svdq_eval.py quality  --model qwen2.5-coder-0.5b --chunks 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "tools" / "results"
+TEXT = ROOT / "tests" / "fixtures" / "pride_ch1_15.txt"
+
+from svdq_edge.kernels import svdq_ref                                   # noqa: E402
+from svdq_edge.kvcache.basis import compute_basis, fit_widths, schedule_widths   # noqa: E402
+from svdq_edge.kvcache.factory import CALIBRATION_TEXT, CacheOptions, collect_keys  # noqa: E402
+from svdq_edge.kvcache.svdq_config import PRESETS, SVDqConfig              # noqa: E402
+from svdq_edge.model import Model                                         # noqa: E402
+from svdq_edge.pull import resolve                                        # noqa: E402
+
+
+def latent_roundtrip(keys, basis, B=64):
+    """keys (T, G, D) -> reconstruction through the basis with blockwise min/max codes."""
+    T, G, D = keys.shape
+    out = np.empty_like(keys)
+    for g in range(G):
+        z = (keys[:, g] - basis.mean[g]) @ basis.V[g]                            # (T, r)
+        for s in range(0, T - T % B, B):
+            p, sc, mn = svdq_ref.quantize_block(z[s:s + B], basis.widths)
+            z[s:s + B] = svdq_ref.dequantize_block(p, sc, mn, basis.widths, B)
+        out[:, g] = z @ basis.V[g].T + basis.mean[g]
+    return out[: T - T % B]
+
+
+def direct_roundtrip(keys, widths_per_channel, B=64):
+    """Per-channel min/max quantization in the original space, same block size; channels get the
+    same multiset of widths, the widest to the highest-variance channels."""
+    T, G, D = keys.shape
+    T = T - T % B
+    out = np.empty((T, G, D), np.float32)
+    for g in range(G):
+        k = keys[:T, g]
+        order = np.argsort(-k.var(axis=0))
+        w = np.zeros(D, np.int64)
+        w[order] = np.sort(widths_per_channel)[::-1]
+        for s in range(0, T, B):
+            blk = k[s:s + B]
+            lo, hi = blk.min(0), blk.max(0)
+            lev = 2.0 ** w - 1
+            step = np.where(lev > 0, (hi - lo) / np.maximum(lev, 1), 0)
+            q = np.where(lev > 0, np.rint((blk - lo) / np.where(step > 0, step, 1)) * step + lo, blk.mean(0))
+            out[s:s + B, g] = q
+    return out
+
+
+def cmd_spectra(a):
+    path = resolve(a.model)
+    m = Model(path, n_ctx=4096, cache_options=CacheOptions(ctk="f16"))
+    ids = m.tokenizer.encode(TEXT.read_text())[: a.tokens]
+    cal = m.tokenizer.encode(CALIBRATION_TEXT.read_text())[:2048]
+    res = {"model": path.name, "tokens": len(ids), "text": TEXT.name, "layers": {}}
+    spectra = {}
+    for rope in ("post", "pre"):
+        keys = collect_keys(m, ids, pre_rope=rope == "pre")
+        ckeys = collect_keys(m, cal, pre_rope=rope == "pre")
+        for i, k in keys.items():
+            if m.args.layer_window[i] is not None:
+                continue
+            lay = res["layers"].setdefault(str(i), {})
+            for grouping in ("per-head", "per-layer"):
+                kk = k if grouping == "per-head" else k.reshape(k.shape[0], 1, -1)
+                ck = ckeys[i] if grouping == "per-head" else ckeys[i].reshape(ckeys[i].shape[0], 1, -1)
+                D = kk.shape[2]
+                s = np.linalg.svd(kk[:, 0] - kk[:, 0].mean(0), compute_uv=False)
+                e = np.cumsum(s ** 2) / np.sum(s ** 2)
+                spectra[(rope, grouping, i)] = (s ** 2 / np.sum(s ** 2)).tolist()
+                entry = {"channels_for_90pct": int(np.searchsorted(e, 0.9) + 1), "D": D}
+                for name, bits in [("1.25", PRESETS["1.25"]), ("2.0", PRESETS["2.0"]), ("auto-1.0", None),
+                                   ("auto-1.5", None), ("auto-2.0", None)]:
+                    budget = float(name.split("-")[1]) if bits is None else 0
+                    for src, basis_keys in (("calibrated", ck), ("prompt", kk)):
+                        cfg = SVDqConfig(bits=bits, budget=budget or 1.5, pre_rope=rope == "pre",
+                                         per_head=grouping == "per-head")
+                        basis = compute_basis(basis_keys, cfg)
+                        rec = latent_roundtrip(kk.copy(), basis)
+                        full_w = np.zeros(D, np.int64)
+                        full_w[: basis.r] = basis.widths
+                        dirr = direct_roundtrip(kk, full_w)
+                        ref = kk[: rec.shape[0]]
+                        e_svdq = float(np.sum((rec - ref) ** 2))
+                        e_dir = float(np.sum((dirr - ref) ** 2))
+                        entry[f"{name}/{src}"] = {"code_bits": float(full_w.sum() / D), "err_ratio": e_svdq / e_dir,
+                                                  "rel_err": float(np.sqrt(e_svdq / np.sum(ref ** 2)))}
+                lay[f"{rope}/{grouping}"] = entry
+        print(f"{rope}: done", file=sys.stderr)
+    OUT.mkdir(parents=True, exist_ok=True)
+    stem = f"svdq_spectra_{a.model}"
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, grouping in zip(axes, ("per-head", "per-layer")):
+            for (rope, gr, i), sp in spectra.items():
+                if gr == grouping:
+                    ax.semilogy(sp, color="C0" if rope == "post" else "C1", alpha=0.4,
+                                label=f"{rope}-RoPE" if i == min(k[2] for k in spectra) else None)
+            ax.set_title(f"{a.model}: latent energy, {grouping}")
+            ax.set_xlabel("latent channel")
+            ax.set_ylabel("energy fraction")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(OUT / f"{stem}.png", dpi=90)
+    except ImportError:
+        pass
+    print(json.dumps(summarize(res), indent=1))
+
+
+def summarize(res):
+    """Mean over layers of each (rope/grouping, schedule/source) error ratio."""
+    acc: dict = {}
+    for lay in res["layers"].values():
+        for mode, entry in lay.items():
+            for k, v in entry.items():
+                if isinstance(v, dict):
+                    acc.setdefault(f"{mode} {k}", []).append((v["err_ratio"], v["code_bits"], v["rel_err"]))
+            acc.setdefault(f"{mode} channels_for_90pct", []).append((entry["channels_for_90pct"], entry["D"], 0))
+    return {k: [round(float(np.mean([x[0] for x in v])), 3), round(float(np.mean([x[1] for x in v])), 3),
+                round(float(np.mean([x[2] for x in v])), 3)] for k, v in acc.items()}
+
+
+def cmd_quality(a):
+    from svdq_edge.perplexity import perplexity, log_softmax_at
+    path = resolve(a.model)
+    text = TEXT.read_text()
+    configs = [("f16", CacheOptions(ctk="f16"))]
+    for spec in a.configs.split(";"):
+        kw = dict(x.split("=") for x in spec.split(",") if x)
+        bits = kw.get("bits", "auto")
+        cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
+                         budget=float(kw.get("budget", 1.5)), pre_rope=kw.get("rope", "post") == "pre",
+                         per_head=kw.get("basis", "per-head") == "per-head", window=int(kw.get("window", 64)),
+                         topk=float(kw["topk"]) if "topk" in kw else None)
+        configs.append((spec, CacheOptions(ctk="svdq", svdq=cfg)))
+    configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]
+    base_lp = {}
+    rows = []
+    for name, opts in configs:
+        m = Model(path, n_ctx=a.ctx, cache_options=opts)
+        store = {}
+        t0 = time.time()
+        res = perplexity(m, text, a.ctx, a.chunks, progress=False,
+                         on_chunk=lambda i, lg, ch: store.__setitem__(i, lg[a.ctx // 2:a.ctx - 1].astype(np.float32)))
+        kld, top1 = [], []
+        for i, lg in store.items():
+            lp = lg - lg.max(1, keepdims=True)
+            lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+            if name == "f16":
+                base_lp[i] = lp
+            else:
+                b = base_lp[i]
+                kld.append(float(np.mean(np.sum(np.exp(b) * (b - lp), axis=1))))
+                top1.append(float(np.mean(b.argmax(1) == lp.argmax(1))))
+        caches = m.model.caches
+        kbits = float(np.mean([c.k_bits_per_elem() for c in caches if c.spec.window is None]))
+        row = {"config": name, "ppl": res["ppl"], "ppl_vs_f16": None, "kld": float(np.mean(kld)) if kld else 0.0,
+               "top1_vs_f16": float(np.mean(top1)) if top1 else 1.0, "k_bits_global_layers_at_ctx": kbits,
+               "seconds": round(time.time() - t0, 1)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    for r in rows:
+        r["ppl_vs_f16"] = r["ppl"] / rows[0]["ppl"] - 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = {"model": path.name, "text": TEXT.name, "ctx": a.ctx, "chunks": a.chunks, "rows": rows,
+           "command": " ".join(sys.argv)}
+    (OUT / f"svdq_quality_{a.model}_c{a.ctx}.json").write_text(json.dumps(out, indent=1))
+    for r in rows:
+        print(f"| {r['config']:40s} | {r['ppl']:8.3f} | {100 * r['ppl_vs_f16']:+6.2f}% | {r['kld']:.4f} | "
+              f"{100 * r['top1_vs_f16']:5.1f}% | {r['k_bits_global_layers_at_ctx']:5.2f} |")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["spectra", "quality"])
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=4)
+    ap.add_argument("--configs", default="bits=auto,budget=1.5;bits=1.25;bits=2.0")
+    ap.add_argument("--baselines", default="q8_0,q4_0")
+    a = ap.parse_args()
+    {"spectra": cmd_spectra, "quality": cmd_quality}[a.what](a)
