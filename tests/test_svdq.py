@@ -166,3 +166,27 @@ def test_parse_bits():
     assert parse_bits("auto") is None
     with pytest.raises(ValueError):
         parse_bits("lots")
+
+
+def test_sliding_window_dense_cache_drops_old_tokens():
+    H, KV, d, W = 4, 1, 32, 64
+    rope = RoPE(d, 10000.0, 4096, True)
+    spec = CacheSpec(0, H, KV, d, 4096, W, rope)
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((1500, KV, d)).astype(np.float32)
+    v = rng.standard_normal((1500, KV, d)).astype(np.float32)
+    q = rng.standard_normal((1500, H, d)).astype(np.float32)
+    ring = DenseCache(spec)
+    full = DenseCache(CacheSpec(0, H, KV, d, 4096, W, rope))
+    full.start = 0
+    chunks = [300, 1] * 1 + [1] * 200 + [700, 299]
+    a = _run(ring, k, v, q, chunks)
+    # reference: the plain masked computation over every token
+    from svdq_edge.kvcache.base import causal_softmax_attend
+    ref, pos = [], 0
+    kr = rope.apply(k, 0)
+    for n in chunks:
+        ref.append(causal_softmax_attend(q[pos:pos + n], kr[:pos + n], v[:pos + n], 0.125, pos, 0, W))
+        pos += n
+    assert np.allclose(a, np.concatenate(ref), atol=3e-3)
+    assert ring.start > 0 and ring.nbytes() < 2 * 2 * (W + 1024) * KV * d

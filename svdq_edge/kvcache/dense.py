@@ -17,49 +17,61 @@ class DenseCache:
         self.spec = spec
         self.dtype = np.dtype(dtype)
         self.offset = 0
+        self.start = 0        # position of row 0: sliding-window layers drop tokens they can no longer see
         self._cap = 0
         self.k = np.empty((0, spec.n_kv, spec.head_dim), self.dtype)   # (cap, n_kv, head_dim)
         self.v = np.empty((0, spec.n_kv, spec.head_dim), self.dtype)   # (cap, n_kv, head_dim)
 
     def _reserve(self, n: int) -> None:
-        if n <= self._cap:
+        """Room for positions up to n (rows n - start)."""
+        w = self.spec.window
+        if w is not None and n - self.start > self._cap and self.offset - self.start > w:
+            # sliding window: drop rows no future query can see (keep the last w - 1 tokens)
+            drop = self.offset - (w - 1) - self.start
+            keep = self.offset - self.start - drop
+            self.k[:keep] = self.k[drop:drop + keep]
+            self.v[:keep] = self.v[drop:drop + keep]
+            self.start += drop
+        rows = n - self.start
+        if rows <= self._cap:
             return
-        cap = min(max(n, 2 * self._cap, 256), self.spec.n_ctx)
-        if cap < n:
+        cap = min(max(rows, 2 * self._cap, 256), self.spec.n_ctx)
+        if cap < rows:
             raise ValueError(f"context full: {n} tokens > n_ctx {self.spec.n_ctx}")
         for name in ("k", "v"):
             old = getattr(self, name)
             new = np.empty((cap, self.spec.n_kv, self.spec.head_dim), self.dtype)
-            new[: self.offset] = old[: self.offset]
+            new[: self.offset - self.start] = old[: self.offset - self.start]
             setattr(self, name, new)
         self._cap = cap
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
         n = k.shape[0]
         self._reserve(self.offset + n)
-        self.k[self.offset:self.offset + n] = self.spec.rope.apply(k, self.offset)
-        self.v[self.offset:self.offset + n] = v
+        r = self.offset - self.start
+        self.k[r:r + n] = self.spec.rope.apply(k, self.offset)
+        self.v[r:r + n] = v
         self.offset += n
 
     def attend(self, q: np.ndarray, scale: float) -> np.ndarray:
         n = q.shape[0]
         q0 = self.offset - n
-        lo = 0
+        lo = self.start
         if self.spec.window is not None:
-            lo = max(0, q0 - self.spec.window + 1)
+            lo = max(lo, q0 - self.spec.window + 1)
+        k, v = self.k[lo - self.start:self.offset - self.start], self.v[lo - self.start:self.offset - self.start]
         if self.dtype == np.float16:
-            return kernels.attention_f16(q, self.k[lo:self.offset], self.v[lo:self.offset], scale, q0, lo,
-                                         self.spec.window)
-        k = self.k[lo:self.offset].astype(np.float32)
-        v = self.v[lo:self.offset].astype(np.float32)
-        return causal_softmax_attend(q, k, v, scale, q0, lo, self.spec.window)
+            return kernels.attention_f16(q, k, v, scale, q0, lo, self.spec.window)
+        return causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), scale, q0, lo, self.spec.window)
 
     def trim(self, n: int) -> None:
+        if n < self.offset and n < self.start + (self.spec.window or 0) and self.start > 0:
+            raise ValueError("cannot rewind past the dropped part of a sliding window")
         self.offset = min(self.offset, max(0, n))
 
     def nbytes(self) -> int:
         """Bytes of the tokens held (capacity grows by doubling; the unused tail is not counted)."""
-        return 2 * self.offset * self.spec.n_kv * self.spec.head_dim * self.dtype.itemsize
+        return 2 * (self.offset - self.start) * self.spec.n_kv * self.spec.head_dim * self.dtype.itemsize
 
     def k_bits_per_elem(self) -> float:
         return 8.0 * self.dtype.itemsize
