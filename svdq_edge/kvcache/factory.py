@@ -49,26 +49,25 @@ def _basis_key(model, cfg: SVDqConfig) -> str:
 
 
 def collect_keys(model, ids: list[int], pre_rope: bool) -> dict:
-    """Run `ids` through the model with dense caches and return each layer's keys
-    (T, n_kv, head_dim), pre- or post-RoPE."""
-    from .dense import DenseCache as _D
-    m = model.model
-    saved = m.caches
+    """Run `ids` through the model with dense f32 caches and return each layer's keys
+    (T, n_kv, head_dim), pre- or post-RoPE. Uses its own Transformer sized for `ids`, so the
+    calibration text fits whatever -c the user chose."""
+    from ..arch.transformer import Transformer
+    from ..model import N_BATCH
+    a = model.args
+    m = Transformer(a, model.weights, max(len(ids), 1))
+    m.set_caches([DenseCache(CacheSpec(i, a.n_head, a.n_kv, a.head_dim, m.n_ctx, a.layer_window[i],
+                                       m.layer_rope(i)), np.float32) for i in range(a.n_layer)])
     keys: dict[int, list] = {}
-    m.set_caches([_D(s, np.float32) for s in model.cache_specs()])
 
-    def hook(i, k, v, pos0=[0]):
+    def hook(i, k, v):
         keys.setdefault(i, []).append(k.copy())
-    try:
-        from ..model import N_BATCH
-        for s in range(0, len(ids), N_BATCH):
-            m.forward(ids[s:s + N_BATCH], hidden_hook=hook)
-    finally:
-        m.set_caches(saved)
+    for s in range(0, len(ids), N_BATCH):
+        m.forward(ids[s:s + N_BATCH], hidden_hook=hook)
     out = {}
     for i, parts in keys.items():
         k = np.concatenate(parts)
-        out[i] = k if pre_rope else model.model.layer_rope(i).apply(k, 0)
+        out[i] = k if pre_rope else m.layer_rope(i).apply(k, 0)
     return out
 
 
