@@ -1,7 +1,8 @@
 /* svdq-edge native kernels: quantized matmul from GGML blocks, dequantization, packed latent-K
  * scores. The bodies (kernels_impl.h) are compiled once per path: scalar (baseline ISA), AVX2+FMA,
- * AVX-512 on x86-64; on aarch64 the baseline copy is built with NEON (auto-vectorized). The path
- * is chosen at run time from the CPU's features and can be forced (svdq_set_path) for tests.
+ * AVX-512 on x86-64; on aarch64 the scalar copy (auto-vectorized), explicit NEON for plain
+ * armv8-a, and NEON with the dotprod extension (armv8.2-a, e.g. Cortex-A76; not Cortex-A72/A53).
+ * The path is chosen at run time from the CPU's features and can be forced (svdq_set_path) for tests.
  * Threads: OpenMP across weight rows; every entry point checks sizes before touching memory. */
 #include <math.h>
 #include <stdlib.h>
@@ -12,11 +13,19 @@
 #endif
 #if defined(__x86_64__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)     /* the kernel's AT_HWCAP bit for dotprod, where libc lacks it */
+#endif
+#endif
 #endif
 #include "svdq_edge.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
-enum { PATH_AUTO = -1, PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVX512 = 2, PATH_NEON = 3 };
+enum { PATH_AUTO = -1, PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVX512 = 2, PATH_NEON = 3, PATH_NEON_DOT = 4 };
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
@@ -68,6 +77,24 @@ static int64_t type_row_bytes(int T, int64_t k) {
 #pragma GCC pop_options
 #endif
 
+#if defined(__aarch64__)
+/* NEON copies: plain armv8-a (every aarch64 CPU), and dotprod, used only where the CPU reports it */
+#define SIMD_NEON 1
+#define SFX _neon
+#include "kernels_impl.h"
+#undef SFX
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+#define NEON_DOT 1
+#define SFX _neondot
+#include "kernels_impl.h"
+#undef SFX
+#undef NEON_DOT
+#pragma GCC pop_options
+#undef SIMD_NEON
+#endif
+
 static int g_path = PATH_AUTO;
 static int g_threads = 0;
 
@@ -79,6 +106,11 @@ int svdq_path_supported(int path) {
     if (path == PATH_AVX512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 #elif defined(__aarch64__)
     if (path == PATH_NEON) return 1;
+#if defined(__ARM_FEATURE_DOTPROD)
+    if (path == PATH_NEON_DOT) return 1;
+#elif defined(__linux__)
+    if (path == PATH_NEON_DOT) return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
 #endif
     return 0;
 }
@@ -89,7 +121,7 @@ int svdq_active_path(void) {
     if (svdq_path_supported(PATH_AVX512)) return PATH_AVX512;
     if (svdq_path_supported(PATH_AVX2)) return PATH_AVX2;
 #elif defined(__aarch64__)
-    return PATH_NEON;
+    return svdq_path_supported(PATH_NEON_DOT) ? PATH_NEON_DOT : PATH_NEON;
 #endif
     return PATH_SCALAR;
 }
@@ -127,6 +159,10 @@ static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
 #if defined(__x86_64__)
 #define BY_PATH(fn, ...) do { int p_ = svdq_active_path(); \
     if (p_ == PATH_AVX512) fn##_avx512(__VA_ARGS__); else if (p_ == PATH_AVX2) fn##_avx2(__VA_ARGS__); \
+    else fn##_scalar(__VA_ARGS__); } while (0)
+#elif defined(__aarch64__)
+#define BY_PATH(fn, ...) do { int p_ = svdq_active_path(); \
+    if (p_ == PATH_NEON_DOT) fn##_neondot(__VA_ARGS__); else if (p_ == PATH_NEON) fn##_neon(__VA_ARGS__); \
     else fn##_scalar(__VA_ARGS__); } while (0)
 #else
 #define BY_PATH(fn, ...) fn##_scalar(__VA_ARGS__)

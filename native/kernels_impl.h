@@ -184,6 +184,10 @@ static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t
     }
 }
 #define MM_FAST(TT) FN(mm_rows_simd)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out)
+#elif defined(SIMD_NEON)
+/* aarch64: explicit NEON bodies (matvec, f16 dot/axpy) live in their own header */
+#include "kernels_neon.h"
+#define MM_FAST(TT) FN(mm_rows_neon)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out)
 #else
 #define MM_FAST(TT) FN(mm_rows)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out)
 #endif
@@ -314,6 +318,8 @@ static float FN(dot_f16)(const float *q, const uint16_t *k, int64_t d) {
     float s = FN(hsum8)(acc);
     for (; i < d; i++) s += q[i] * h2f(k[i]);
     return s;
+#elif defined(SIMD_NEON)
+    return FN(dot_f16_neon)(q, k, d);
 #else
     float s = 0.0f;
     for (int64_t i = 0; i < d; i++) s += q[i] * h2f(k[i]);
@@ -328,6 +334,8 @@ static void FN(axpy_f16)(float a, const uint16_t *v, float *o, int64_t d) {
     for (; i + 8 <= d; i += 8)
         _mm256_storeu_ps(o + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))), _mm256_loadu_ps(o + i)));
     for (; i < d; i++) o[i] += a * h2f(v[i]);
+#elif defined(SIMD_NEON)
+    FN(axpy_f16_neon)(a, v, o, d);
 #else
     for (int64_t i = 0; i < d; i++) o[i] += a * h2f(v[i]);
 #endif

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
-PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
+PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "neon_dot": 4}
 ERRORS = {-1: "unsupported tensor type", -2: "row size does not match type and columns",
           -3: "bad size", -4: "row id out of range", -5: "out of memory"}
 
@@ -127,7 +127,7 @@ def set_threads(n: int) -> None:
 
 
 def set_path(name: str | None) -> None:
-    """Force a SIMD path ('scalar', 'avx2', 'avx512', 'neon') or None for automatic."""
+    """Force a SIMD path ('scalar', 'avx2', 'avx512', 'neon', 'neon_dot') or None for automatic."""
     _ok(lib.svdq_set_path(-1 if name is None else PATHS[name]), f"path {name}")
 
 
