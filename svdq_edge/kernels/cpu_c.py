@@ -71,6 +71,15 @@ def _check_out(out: np.ndarray, shape) -> None:
 
 
 PREFILL_MIN_TOKENS = 4
+PANEL_BYTES = 64 << 20          # dequantized weight panel for batched prefill (f32)
+_scratch: dict = {}             # name -> reusable buffer, grown on demand (allocate once)
+
+
+def _buf(name: str, size: int) -> np.ndarray:
+    b = _scratch.get(name)
+    if b is None or b.size < size:
+        b = _scratch[name] = np.empty(size, np.float32)
+    return b[:size]
 
 
 def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
@@ -79,14 +88,18 @@ def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None
     _check_out(out, (n, rows))
     x = np.ascontiguousarray(x, np.float32)
     if n >= PREFILL_MIN_TOKENS:
-        # batched prefill: decode row panels once, multiply all tokens with BLAS
-        step = max(16, min(rows, (4 << 20) // (4 * k)))
-        panel = np.empty((step, k), np.float32)                # (step, k)
+        # batched prefill: dequantize W in panels of whole rows (most matrices in one panel) into a
+        # reused buffer and let BLAS multiply all tokens: outT (rows, n) = W_panel @ x.T
+        step = max(16, min(rows, PANEL_BYTES // (4 * k)))
+        outT = _buf("outT", rows * n).reshape(rows, n)                      # (rows, n)
+        xT = np.ascontiguousarray(x.T)                                      # (k, n)
         for r0 in range(0, rows, step):
             m = min(step, rows - r0)
+            panel = _buf("panel", m * k).reshape(m, k)                      # (m, k)
             _ok(lib.svdq_dequant_rows(_ptr(data, "unsigned char *"), rows, rb, qtype, k, r0, r0 + m,
                                       _ptr(panel, "float *")), "dequant")
-            out[:, r0:r0 + m] = x @ panel[:m].T
+            np.matmul(panel, xT, out=outT[r0:r0 + m])
+        out[...] = outT.T
         return
     _ok(lib.svdq_matmul(_ptr(data, "unsigned char *"), rows, rb, qtype, _ptr(x, "float *"), n, k,
                         _ptr(out, "float *")), "matmul")

@@ -37,12 +37,27 @@ def unpack(packed: np.ndarray, w: int, B: int) -> np.ndarray:
     return np.stack(parts, axis=2).reshape(packed.shape[0], B).astype(np.uint8)
 
 
+# Range of a channel's codes, in standard deviations about the block mean, by width: min/max is
+# wasteful at 1 and 2 bits (1-bit min/max has 2.7x the error of dropping the channel), so those
+# widths clip to mean +- c*std (the levels of a Gaussian's MSE-optimal uniform quantizer, about).
+# Measured on 64-sample blocks, error / variance: Gaussian 1-bit 0.35 (min/max 2.74), 2-bit 0.11
+# (0.20); Laplace 0.49 (4.67), 0.18 (0.31). At 4 and 8 bits min/max is better (heavy tails).
+CLIP_SIGMAS = {1: 0.8, 2: 1.5, 4: np.inf, 8: np.inf}
+
+
 def quantize_block(z: np.ndarray, widths: np.ndarray):
     """z: float32 (B, r) latent block -> (packed list per width, scale f16 (r,), min f16 (r,)).
-    Asymmetric min/max per channel; scale and min rounded to f16 before coding."""
+    Asymmetric per channel over the block: range [lo, hi] = [min, max] clipped to
+    mean +- CLIP_SIGMAS[w]*std; scale and min rounded to f16 before coding; codes clipped to
+    [0, 2**w - 1]."""
     B, r = z.shape
-    lo = z.min(axis=0).astype(np.float16)
-    hi = z.max(axis=0)
+    widths = np.asarray(widths)
+    m = z.mean(axis=0, dtype=np.float32)
+    sd = z.std(axis=0, dtype=np.float32)
+    c = np.array([CLIP_SIGMAS[int(w)] for w in widths], np.float32)
+    lo32 = np.maximum(z.min(axis=0), m - c * sd)
+    hi = np.minimum(z.max(axis=0), m + c * sd)
+    lo = lo32.astype(np.float16)
     levels = (2.0 ** widths - 1).astype(np.float32)
     scale = ((hi - lo.astype(np.float32)) / levels).astype(np.float16)
     s32 = scale.astype(np.float32)

@@ -18,6 +18,7 @@ from .svdq_config import SVDqConfig, parse_bits
 
 CALIBRATION_TEXT = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 2048
+BASIS_VERSION = 2          # bump when the basis or width fitting changes: old cached bases are refit
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
 
 def _basis_key(model, cfg: SVDqConfig) -> str:
     fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "pre_rope", "per_head")}
-    h = hashlib.sha256((model.gguf.sha256() + repr(sorted(fields.items())) + str(CALIBRATION_TOKENS)).encode())
+    h = hashlib.sha256((model.gguf.sha256() + repr(sorted(fields.items())) + str(CALIBRATION_TOKENS) + f"v{BASIS_VERSION}").encode())
     return h.hexdigest()[:20]
 
 
