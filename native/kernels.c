@@ -141,6 +141,14 @@ int svdq_get_threads(void) {
 #endif
 }
 
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
     int64_t rb = type_row_bytes(T, k);
     if (rb == -2) return -1;
@@ -212,8 +220,21 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
                       const float *qt, long long m, long long B, float *out) {
     if (n8 < 0 || n4 < 0 || n2 < 0 || n1 < 0 || n8 + n4 + n2 + n1 > 1024 || B <= 0 || B % 8 || nblk < 0 || m < 0)
         return -3;
-    PARALLEL_ROWS(nblk, for (int64_t b = r0; b < r1; b++)
-        BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt, m, B, out, nblk));
+    if (B > 1024) return -3;
+    const int64_t r = n8 + n4 + n2 + n1, MQ = 64;           /* queries scored per pass */
+    const int nt = svdq_get_threads();
+    /* per-thread scratch: acc (MQ, B) and a (MQ, r) */
+    const size_t per = (size_t)(MQ * B + MQ * r + 1);
+    float *scratch = (float *)malloc((size_t)nt * per * sizeof(float));
+    if (!scratch) return -5;
+    PARALLEL_ROWS(nblk, {
+        float *acc = scratch + (size_t)thread_id() * per;
+        for (int64_t b = r0; b < r1; b++)
+            for (int64_t i0 = 0; i0 < m; i0 += MQ)
+                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt + i0 * r,
+                        m - i0 < MQ ? m - i0 : MQ, B, out + i0 * nblk * B, nblk, acc, acc + MQ * B);
+    });
+    free(scratch);
     return 0;
 }
 

@@ -274,30 +274,42 @@ static void FN(dequant_rows)(const uint8_t *w, int64_t rb, int T, int64_t k, int
     }
 }
 
+/* One packed block b of B tokens scored for m projected queries. Each channel's codes are
+ * unpacked once into floats (B,) and shared by all m queries (the GQA heads of one group), so the
+ * inner loop is an axpy over tokens: out_i[t] += (qt_i[j] * scale_j) * code_j[t].
+ * acc: scratch (m, B) floats; a: scratch (m, r). */
 static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t *c2, const uint8_t *c1,
                              int64_t n8, int64_t n4, int64_t n2, int64_t n1, const uint16_t *scale,
                              const uint16_t *mn, int64_t b, const float *qt, int64_t m, int64_t B, float *out,
-                             int64_t nblk) {
+                             int64_t nblk, float *acc, float *a) {
     const int64_t r = n8 + n4 + n2 + n1;
-    float a[1024];
+    float code[1024];
     for (int64_t i = 0; i < m; i++) {
         const float *qi = qt + i * r;
         float base = 0.0f;
-        for (int64_t j = 0; j < r; j++) { a[j] = qi[j] * h2f(scale[b * r + j]); base += qi[j] * h2f(mn[b * r + j]); }
-        float *o = out + i * nblk * B + b * B;
-        for (int64_t t = 0; t < B; t++) o[t] = base;
-        int64_t j = 0;
-        for (int64_t c = 0; c < n8; c++, j++) { const uint8_t *p = c8 + (b * n8 + c) * B; float aj = a[j];
-            for (int64_t t = 0; t < B; t++) o[t] += aj * (float)p[t]; }
-        for (int64_t c = 0; c < n4; c++, j++) { const uint8_t *p = c4 + (b * n4 + c) * (B / 2); float aj = a[j];
-            for (int64_t t = 0; t < B / 2; t++) { o[2 * t] += aj * (float)(p[t] & 15); o[2 * t + 1] += aj * (float)(p[t] >> 4); } }
-        for (int64_t c = 0; c < n2; c++, j++) { const uint8_t *p = c2 + (b * n2 + c) * (B / 4); float aj = a[j];
-            for (int64_t t = 0; t < B / 4; t++) { uint8_t v = p[t];
-                o[4 * t] += aj * (float)(v & 3); o[4 * t + 1] += aj * (float)((v >> 2) & 3);
-                o[4 * t + 2] += aj * (float)((v >> 4) & 3); o[4 * t + 3] += aj * (float)(v >> 6); } }
-        for (int64_t c = 0; c < n1; c++, j++) { const uint8_t *p = c1 + (b * n1 + c) * (B / 8); float aj = a[j];
-            for (int64_t t = 0; t < B; t++) o[t] += aj * (float)((p[t >> 3] >> (t & 7)) & 1); }
+        for (int64_t j = 0; j < r; j++) { a[i * r + j] = qi[j] * h2f(scale[b * r + j]); base += qi[j] * h2f(mn[b * r + j]); }
+        for (int64_t t = 0; t < B; t++) acc[i * B + t] = base;
     }
+    int64_t j = 0;
+    for (int64_t c = 0; c < n8 + n4 + n2 + n1; c++, j++) {
+        /* unpack channel j's B codes once */
+        if (c < n8) { const uint8_t *p = c8 + (b * n8 + c) * B;
+            for (int64_t t = 0; t < B; t++) code[t] = (float)p[t]; }
+        else if (c < n8 + n4) { const uint8_t *p = c4 + (b * n4 + (c - n8)) * (B / 2);
+            for (int64_t t = 0; t < B / 2; t++) { code[2 * t] = (float)(p[t] & 15); code[2 * t + 1] = (float)(p[t] >> 4); } }
+        else if (c < n8 + n4 + n2) { const uint8_t *p = c2 + (b * n2 + (c - n8 - n4)) * (B / 4);
+            for (int64_t t = 0; t < B / 4; t++) { uint8_t v = p[t];
+                code[4 * t] = (float)(v & 3); code[4 * t + 1] = (float)((v >> 2) & 3);
+                code[4 * t + 2] = (float)((v >> 4) & 3); code[4 * t + 3] = (float)(v >> 6); } }
+        else { const uint8_t *p = c1 + (b * n1 + (c - n8 - n4 - n2)) * (B / 8);
+            for (int64_t t = 0; t < B; t++) code[t] = (float)((p[t >> 3] >> (t & 7)) & 1); }
+        for (int64_t i = 0; i < m; i++) {
+            const float aj = a[i * r + j];
+            float *o = acc + i * B;
+            for (int64_t t = 0; t < B; t++) o[t] += aj * code[t];
+        }
+    }
+    for (int64_t i = 0; i < m; i++) memcpy(out + i * nblk * B + b * B, acc + i * B, (size_t)B * sizeof(float));
 }
 
 /* attention over f16 keys/values, GQA: head h reads kv head h / (H / KV) */
