@@ -18,7 +18,8 @@ if [ "${1:-}" = "--test" ]; then
         || echo "setup: could not install$missing (their tests will be skipped)"
     fi
   fi
-  pip install -q -e '.[test]'
+  # cuda: numba-cuda for the CUDA simulator tests and the PTX compile check (no GPU needed)
+  pip install -q -e '.[test,cuda]'
   svdq-edge pull gemma-3-270m
   svdq-edge pull qwen2.5-coder-0.5b
 else

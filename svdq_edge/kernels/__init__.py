@@ -85,6 +85,20 @@ def set_threads(n: int) -> None:
     backend().set_threads(int(n))
 
 
+def cuda_backend():
+    """The Numba CUDA kernels for --device cuda, imported only here. Raises SvdqError (one line)
+    when numba-cuda is missing or no GPU is visible; NUMBA_ENABLE_CUDASIM=1 runs the simulator."""
+    from .. import SvdqError
+    try:
+        from . import cuda_numba
+    except ImportError as e:
+        raise SvdqError(f"--device cuda needs numba-cuda (pip install 'svdq-edge[cuda]'): {e}") from None
+    why = cuda_numba.unavailable_reason()
+    if why:
+        raise SvdqError(f"--device cuda: {why}")
+    return cuda_numba
+
+
 def matmul(w: QWeight, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x: float32 (n, cols) -> out: float32 (n, rows) = x @ W.T, straight from the GGML blocks."""
     if x.ndim == 1:
