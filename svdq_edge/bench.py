@@ -30,7 +30,7 @@ def _kv(model) -> dict:
 def bench(model, n_prompt: int, n_gen: int, depth: int, reps: int = 1) -> list[dict]:
     rows = []
     a = model.args
-    base = {"model": model.path.name, "arch": a.arch, "backend": kernels.backend_name(),
+    base = {"model": model.path.name, "arch": a.arch, "backend": "cuda" if getattr(model, "device", "cpu") == "cuda" else kernels.backend_name(),
             "ctk": model.cache_options.ctk, "ctv": model.cache_options.ctv, "depth": depth}
     need = depth + max(n_prompt, n_gen) + 1
     if model.n_ctx < need:

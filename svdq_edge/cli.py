@@ -29,6 +29,11 @@ def _model_flags(p, positional=False):
     p.add_argument("--chat-template-file", default=None, help="Jinja chat template to use instead of the GGUF's")
 
 
+def _device_flag(p):
+    # --device cuda (issue 5): the whole decode step on an NVIDIA GPU (Numba CUDA kernels)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (cuda needs numba-cuda and a GPU)")
+
+
 def _sampling_flags(p):
     p.add_argument("--temp", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
@@ -46,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="chat with a model (default: gemma-3-270m)")
     _model_flags(p, positional=True)
+    _device_flag(p)
     _sampling_flags(p)
     p.add_argument("-sys", "--system-prompt", "--system", dest="system", default=None)
     p.add_argument("--history", default=None, help="JSON file the conversation is loaded from and saved to")
@@ -53,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="one-shot generation from a prompt")
     _model_flags(p)
+    _device_flag(p)
     _sampling_flags(p)
     p.add_argument("-p", "--prompt", default=None)
     p.add_argument("-f", "--file", default=None, help="read the prompt from a file")
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perplexity", help="perplexity of a text, llama-perplexity's method")
     _model_flags(p)
+    _device_flag(p)
     p.add_argument("-f", "--file", required=True)
     p.add_argument("--chunks", type=int, default=-1, help="max chunks (-1 = all)")
     p.add_argument("--json", action="store_true")
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="prefill and decode speed, memory, KV bytes/token")
     _model_flags(p)
+    _device_flag(p)
     p.add_argument("-p", "--n-prompt", type=int, default=512)
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-d", "--n-depth", type=int, default=0, help="tokens of context before the test")
@@ -101,9 +110,12 @@ def _load(args, **extra):
     if args.threads is not None and args.threads < 1:
         raise SvdqError(f"-t {args.threads}: must be >= 1")
     name = getattr(args, "model_flag", None) or getattr(args, "model", None)
+    # --device is checked before a model is resolved (and perhaps downloaded)
+    from .arch.cuda_transformer import check_device
+    device = check_device(getattr(args, "device", "cpu"), opts)
     path = resolve(name)
     return Model(path, n_ctx=args.ctx_size, cache_options=opts,
-                 chat_template_file=args.chat_template_file, threads=args.threads, **extra)
+                 chat_template_file=args.chat_template_file, threads=args.threads, device=device, **extra)
 
 
 def _sampler_params(args):
@@ -218,7 +230,8 @@ def startup_line(m) -> str:
     bits = sum(c.k_bits_per_elem() for c in kv) / len(kv)
     return (f"svdq-edge: {m.path.name} | {a.arch}, {a.n_layer} layers, n_embd {a.n_embd} | "
             f"ctx {m.n_ctx} | K cache {m.cache_options.ctk} (~{bits:.2f} bits/elem), "
-            f"V {m.cache_options.ctv} | template {m.template.name} | backend {kernels.backend_name()}")
+            f"V {m.cache_options.ctv} | template {m.template.name} | "
+            f"backend {'cuda' if getattr(m, 'device', 'cpu') == 'cuda' else kernels.backend_name()}")
 
 
 COMMANDS = {"chat": cmd_chat, "run": cmd_run, "pull": cmd_pull, "tokenize": cmd_tokenize,

@@ -26,8 +26,10 @@ def info(model: str | None, as_json: bool = False) -> None:
     try:
         from .kernels import cuda_numba
         extra["gpu"] = cuda_numba.describe_gpu()
-    except Exception:
-        extra["gpu"] = None
+    except ImportError:
+        extra["gpu"] = "no CUDA GPU (numba-cuda not installed)"
+    except Exception as e:  # a driver that fails to answer
+        extra["gpu"] = f"no CUDA GPU ({type(e).__name__})"
     d = {"file": str(path), "bytes": g.size, "architecture": a.arch, "name": g.get("general.name"),
          "parameters": n_params, "n_layer": a.n_layer, "n_embd": a.n_embd, "n_head": a.n_head,
          "n_kv": a.n_kv, "head_dim": a.head_dim, "n_ff": a.n_ff, "n_vocab": a.n_vocab,

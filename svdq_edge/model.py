@@ -40,8 +40,11 @@ class Model:
     """
 
     def __init__(self, path: str | Path, n_ctx: int = 4096, cache_options=None,
-                 chat_template_file: str | None = None, threads: int | None = None):
+                 chat_template_file: str | None = None, threads: int | None = None, device: str = "cpu"):
         from .kvcache.factory import CacheOptions
+        # --device cuda (issue 5): fails here, before loading, when there is no GPU or numba-cuda
+        from .arch.cuda_transformer import check_device
+        self.device = check_device(device, cache_options)
         self.path = Path(path)
         self.gguf = GGUFFile(self.path)
         self.args: ModelArgs = args_from_gguf(self.gguf)
@@ -62,7 +65,11 @@ class Model:
             lambda p: tk.id_of(p) is not None, piece(tk.bos_id), piece(tk.eos_id), chat_template_file)
         if threads:
             kernels.set_threads(threads)
-        self.model = Transformer(self.args, self.weights, n_ctx)
+        if self.device == "cuda":
+            from .arch.cuda_transformer import CudaTransformer
+            self.model = CudaTransformer(self.args, self.weights, n_ctx)
+        else:
+            self.model = Transformer(self.args, self.weights, n_ctx)
         self.cache_options = cache_options or CacheOptions()
         self.tokens: list[int] = []
         self.last_reused = 0
