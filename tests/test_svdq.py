@@ -74,6 +74,16 @@ def test_quantize_error_bounded_by_half_step():
     assert inside[:, 0].all()                      # 8 bits: min/max, nothing clipped
 
 
+def test_constant_channels_are_exact():
+    """A channel constant over the block (zero spread) codes exactly at every width, no NaN."""
+    widths = np.array([8, 4, 2, 1])
+    z = np.tile(np.array([1.5, -2.25, 0.75, 3.0], np.float32), (64, 1))
+    p, s, m = svdq_ref.quantize_block(z, widths)
+    back = svdq_ref.dequantize_block(p, s, m, widths, 64)
+    assert np.all(np.isfinite(s)) and np.all(np.isfinite(m))
+    assert np.array_equal(back, z)
+
+
 def synthetic_keys(T, KV, d, seed, decay=0.9):
     """Keys with a fast-decaying spectrum and a nonzero mean, like real attention keys."""
     rng = np.random.default_rng(seed)

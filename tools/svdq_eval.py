@@ -42,23 +42,21 @@ def latent_roundtrip(keys, basis, B=64):
 
 
 def direct_roundtrip(keys, widths_per_channel, B=64):
-    """Per-channel min/max quantization in the original space, same block size; channels get the
-    same multiset of widths, the widest to the highest-variance channels."""
+    """Per-channel quantization in the original space with the same quantizer as the latent codes
+    (svdq_ref.quantize_block: blockwise ranges, 1/2-bit clipping) and the same multiset of widths,
+    the widest to the highest-variance channels; dropped channels are replaced by their mean."""
     T, G, D = keys.shape
     T = T - T % B
     out = np.empty((T, G, D), np.float32)
+    w_sorted = np.sort(widths_per_channel)[::-1]
     for g in range(G):
         k = keys[:T, g]
         order = np.argsort(-k.var(axis=0))
-        w = np.zeros(D, np.int64)
-        w[order] = np.sort(widths_per_channel)[::-1]
+        used = order[w_sorted > 0]
+        out[:, g] = k.mean(0)
         for s in range(0, T, B):
-            blk = k[s:s + B]
-            lo, hi = blk.min(0), blk.max(0)
-            lev = 2.0 ** w - 1
-            step = np.where(lev > 0, (hi - lo) / np.maximum(lev, 1), 0)
-            q = np.where(lev > 0, np.rint((blk - lo) / np.where(step > 0, step, 1)) * step + lo, blk.mean(0))
-            out[s:s + B, g] = q
+            p, sc, mn = svdq_ref.quantize_block(k[s:s + B, used], w_sorted[w_sorted > 0])
+            out[s:s + B, g, used] = svdq_ref.dequantize_block(p, sc, mn, w_sorted[w_sorted > 0], B)
     return out
 
 

@@ -49,7 +49,7 @@ def _basis_key(model, cfg: SVDqConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def collect_keys(model, ids: list[int], pre_rope: bool) -> dict:
+def collect_keys(model, ids: list[int], pre_rope: bool, progress=None) -> dict:
     """Run `ids` through the model with dense f32 caches and return each layer's keys
     (T, n_kv, head_dim), pre- or post-RoPE. Uses its own Transformer sized for `ids`, so the
     calibration text fits whatever -c the user chose."""
@@ -65,6 +65,8 @@ def collect_keys(model, ids: list[int], pre_rope: bool) -> dict:
         keys.setdefault(i, []).append(k.copy())
     for s in range(0, len(ids), N_BATCH):
         m.forward(ids[s:s + N_BATCH], hidden_hook=hook)
+        if progress is not None:
+            progress(len(ids[s:s + N_BATCH]))
     out = {}
     for i, parts in keys.items():
         k = np.concatenate(parts)
@@ -98,10 +100,8 @@ def model_bases(model, cfg: SVDqConfig) -> list:
 
 def collect_keys_progress(model, ids, pre_rope):
     from tqdm import tqdm
-    with tqdm(total=1, desc="calibrate", leave=False, file=sys.stderr) as bar:
-        keys = collect_keys(model, ids, pre_rope)
-        bar.update(1)
-    return keys
+    with tqdm(total=len(ids), desc="calibrate", unit="tok", leave=False, file=sys.stderr) as bar:
+        return collect_keys(model, ids, pre_rope, progress=bar.update)
 
 
 def add_cli_flags(p) -> None:
