@@ -148,7 +148,7 @@ def test_accounting_matches_arrays():
     H, KV, d, T = 14, 2, 64, 1000
     rope = RoPE(d, 1e6, 2048, True)
     keys = synthetic_keys(T, KV, d, 9)
-    cfg = SVDqConfig(bits=PRESETS["2.0"])
+    cfg = SVDqConfig(bits=PRESETS["2.0"], per_head=True)
     basis = compute_basis(rope.apply(keys, 0), cfg)
     c = SVDqCache(CacheSpec(0, H, KV, d, 2048, None, rope), basis, cfg)
     c.append(keys, keys)

@@ -147,7 +147,7 @@ def cmd_quality(a):
         bits = kw.get("bits", "auto")
         cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
                          budget=float(kw.get("budget", 1.5)), pre_rope=kw.get("rope", "post") == "pre",
-                         per_head=kw.get("basis", "per-head") == "per-head", window=int(kw.get("window", 64)),
+                         per_head=kw.get("basis", "per-layer") == "per-head", window=int(kw.get("window", 64)),
                          topk=float(kw["topk"]) if "topk" in kw else None)
         configs.append((spec, CacheOptions(ctk="svdq", svdq=cfg)))
     configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]

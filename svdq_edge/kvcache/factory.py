@@ -113,7 +113,7 @@ def add_cli_flags(p) -> None:
     p.add_argument("--svdq-sinks", type=int, default=SVDqConfig.sinks, help="first tokens kept in f16")
     p.add_argument("--svdq-block", type=int, default=SVDqConfig.block, help="tokens per scale block")
     p.add_argument("--svdq-rope", choices=["post", "pre"], default="post", help="basis of post- or pre-RoPE keys")
-    p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-head")
+    p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-layer")
     p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: a count, or a fraction < 1")
 
 

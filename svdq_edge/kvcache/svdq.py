@@ -121,7 +121,16 @@ class SVDqCache:
         out = np.empty((n, H, self.nblk * self.B), np.float32)
         if self.nblk == 0:
             return out
-        S = self.cfg.sinks
+        if not self.cfg.per_head and not self.cfg.pre_rope:
+            # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
+            r = self.r
+            qg4 = q.reshape(n, KV, grp, d)                                          # (n, KV, grp, d)
+            qt = np.einsum("nkgd,kdr->nkgr", qg4, self.Vf[0].reshape(KV, d, r)).reshape(n * H, r)
+            base = np.einsum("nkgd,kd->nkg", qg4, self.muf[0].reshape(KV, d)).reshape(n * H)
+            sc = kernels.svdq_score([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
+                                    self.mn[0, :self.nblk], self.basis.widths, qt, self.B)  # (n*H, nblk*B)
+            sc += base[:, None]
+            return sc.reshape(n, H, -1)
         for g in range(self.G):
             heads = range(g * grp, (g + 1) * grp) if self.cfg.per_head else range(H)
             hs = list(heads)

@@ -21,7 +21,7 @@ class SVDqConfig:
     window: int = 64               # recent tokens kept in f16
     sinks: int = 4                 # first tokens kept in f16
     pre_rope: bool = False         # basis of pre-RoPE keys (rebuild + rotate per token) vs post-RoPE
-    per_head: bool = True          # one basis per KV head vs one per layer over all KV heads
+    per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)
     basis_source: str = "calibrated"   # calibrated | prompt
     topk: float | None = None      # token sparsity: int count or fraction of packed tokens
 
