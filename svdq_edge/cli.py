@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(ctx_size=0)
 
+    p = sub.add_parser("calibrate", help="compute (or show) the SVDq K basis of a model for the given --svdq-* options")
+    _model_flags(p)
+    p.add_argument("--force", action="store_true", help="recompute even if a cached basis exists")
+
     p = sub.add_parser("info", help="architecture, sizes, tensor types, template, backend")
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--json", action="store_true")
@@ -218,6 +222,29 @@ def cmd_bench(args):
         print_table(rows)
 
 
+def cmd_calibrate(args):
+    from .kvcache.factory import CacheOptions, basis_path, options_from_args
+    from .model import Model
+    from .pull import resolve
+    opts = options_from_args(args)
+    if opts.ctk != "svdq":
+        raise SvdqError(f"calibrate: -ctk {opts.ctk} has no basis (only svdq does)")
+    path = resolve(args.model_flag)
+    m = Model(path, n_ctx=args.ctx_size, cache_options=CacheOptions(ctk="f16"), threads=args.threads)
+    bp = basis_path(m, opts.svdq)
+    if args.force and bp.exists():
+        bp.unlink()
+    m.cache_options = opts
+    m.reset()                                   # builds the SVDq caches: calibrates if no basis is cached
+    print(f"basis: {bp}")
+    print(startup_line(m))
+    for c in m.model.caches:
+        if hasattr(c, "basis"):
+            w = c.basis.widths
+            print(f"layer {c.spec.layer:2d}: {c.G} x {c.D}-dim basis, {c.r} latent channels kept, "
+                  f"code bits/elem {float(w.sum()) / c.D:.2f}")
+
+
 def cmd_info(args):
     from .info import info
     info(args.model, as_json=args.json)
@@ -227,15 +254,22 @@ def startup_line(m) -> str:
     from . import kernels
     a = m.args
     kv = m.model.caches
-    bits = sum(c.k_bits_per_elem() for c in kv) / len(kv)
+    # accounting at a full context: K bits/elem over all layers (all-inclusive) and KV bytes
+    glob = [c for c in kv if c.spec.window is None]
+    kb = [c.k_bits_per_elem(at=m.n_ctx) for c in glob]
+    bits = sum(kb) / max(len(kb), 1)
+    local = len(kv) - len(glob)
+    kv_mib = m.kv_nbytes_at(m.n_ctx) / 2**20
+    kdesc = f"{bits:.2f} bits/elem at full ctx" + (f" on {len(glob)} global layers, f16 on {local} sliding-window"
+                                                    if local else "")
     return (f"svdq-edge: {m.path.name} | {a.arch}, {a.n_layer} layers, n_embd {a.n_embd} | "
-            f"ctx {m.n_ctx} | K cache {m.cache_options.ctk} (~{bits:.2f} bits/elem), "
-            f"V {m.cache_options.ctv} | template {m.template.name} | "
+            f"ctx {m.n_ctx} | K cache {m.cache_options.ctk} ({kdesc}), "
+            f"V {m.cache_options.ctv} | KV {kv_mib:.1f} MiB at full ctx | template {m.template.name} | "
             f"backend {'cuda' if getattr(m, 'device', 'cpu') == 'cuda' else kernels.backend_name()}")
 
 
 COMMANDS = {"chat": cmd_chat, "run": cmd_run, "pull": cmd_pull, "tokenize": cmd_tokenize,
-            "perplexity": cmd_perplexity, "bench": cmd_bench, "info": cmd_info}
+            "perplexity": cmd_perplexity, "bench": cmd_bench, "calibrate": cmd_calibrate, "info": cmd_info}
 
 
 def main(argv=None) -> int:

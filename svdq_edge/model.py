@@ -92,6 +92,10 @@ class Model:
     def kv_nbytes(self) -> int:
         return sum(c.nbytes() for c in self.model.caches)
 
+    def kv_nbytes_at(self, n_tokens: int) -> int:
+        """KV bytes the caches would hold after n_tokens (start-up accounting)."""
+        return sum(c.nbytes(at=n_tokens) for c in self.model.caches)
+
     # -- running ----------------------------------------------------------------------------------
     def check_fits(self, n_tokens: int) -> None:
         if n_tokens > self.n_ctx:

@@ -159,6 +159,12 @@ def test_accounting_matches_arrays():
     assert c.k_nbytes() == n_codes + n_sm + n_full + c.V16.nbytes + c.mu16.nbytes
     bits = c.k_bits_per_elem()
     assert 2.0 < bits < 16.0              # codes (2.0 nominal) plus scales, basis, window on top
+    # the start-up projection for T tokens agrees with what the cache really holds at T
+    assert c.k_nbytes(at=c.offset) == c.k_nbytes()
+    for extra in (1, 63, 64, 200):
+        c.append(keys[:extra], keys[:extra])
+        c._flush()
+        assert c.k_nbytes(at=c.offset) == c.k_nbytes(), extra
 
 
 def test_fitted_widths_respect_budget_and_order():

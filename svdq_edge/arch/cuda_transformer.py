@@ -124,10 +124,10 @@ class CudaDenseCache:
             raise ValueError("cannot rewind past the overwritten part of a sliding-window ring")
         self.offset = max(0, n)
 
-    def nbytes(self) -> int:
-        return 2 * min(self.offset, self.cap) * self.spec.n_kv * self.spec.head_dim * 2
+    def nbytes(self, at: int | None = None) -> int:
+        return 2 * min(self.offset if at is None else at, self.cap) * self.spec.n_kv * self.spec.head_dim * 2
 
-    def k_bits_per_elem(self) -> float:
+    def k_bits_per_elem(self, at: int | None = None) -> float:
         return 16.0
 
 
@@ -161,7 +161,7 @@ class CudaSVDqCache:
         self.V = cu.to_device(np.ascontiguousarray(cpu.Vf))
         self.mu = cu.to_device(np.ascontiguousarray(cpu.muf))
         self.z = cu.device_array((self.nf_max, self.G, self.B, self.r), np.float32)
-        self.basis_bytes = cpu.V16.nbytes + cpu.mu16.nbytes
+        self.basis_nbytes = cpu.V16.nbytes + cpu.mu16.nbytes
         self.reset()
 
     def matches(self, cpu_cache) -> bool:
@@ -221,17 +221,17 @@ class CudaSVDqCache:
             raise ValueError("cannot rewind into packed SVDq blocks")
         self.offset = max(0, n)
 
-    def k_nbytes(self) -> int:
-        codes = sum(self.nblk * self.G * c * (self.B * w // 8) for w, c in zip((8, 4, 2, 1), self.counts))
-        sm = 2 * self.nblk * self.G * self.r * 2
-        full = (min(self.S, self.offset) + max(0, self.offset - self.win_start)) * self.spec.n_kv * self.spec.head_dim * 2
-        return codes + sm + full + self.basis_bytes
+    def k_nbytes(self, at: int | None = None) -> int:
+        from ..kvcache.svdq import k_nbytes
+        return k_nbytes(self, at)
 
-    def nbytes(self) -> int:
-        return self.k_nbytes() + self.offset * self.spec.n_kv * self.spec.head_dim * 2
+    def nbytes(self, at: int | None = None) -> int:
+        T = self.offset if at is None else at
+        return self.k_nbytes(at) + T * self.spec.n_kv * self.spec.head_dim * 2
 
-    def k_bits_per_elem(self) -> float:
-        return 8.0 * self.k_nbytes() / (max(self.offset, 1) * self.spec.n_kv * self.spec.head_dim)
+    def k_bits_per_elem(self, at: int | None = None) -> float:
+        n = max(self.offset if at is None else at, 1)
+        return 8.0 * self.k_nbytes(at) / (n * self.spec.n_kv * self.spec.head_dim)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ The model never sees how keys are stored (bits, bases, blocks). One LayerCache p
                       position p sees keys at positions > p - window only.
     trim(n)           forget every token at position >= n (rewind for chat edits).
     offset            tokens stored.
-    nbytes()          bytes the cache holds now (all of it: codes, scales, bases, windows).
-    k_bits_per_elem() all-inclusive K bits per key element at the current offset.
+    nbytes(at=None)   bytes the cache holds now (all of it: codes, scales, bases, windows), or
+                      would hold after `at` tokens.
+    k_bits_per_elem(at=None) all-inclusive K bits per key element at the current offset (or at
+                      `at` tokens, for start-up accounting).
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ class LayerCache(Protocol):
     def append(self, k: np.ndarray, v: np.ndarray) -> None: ...
     def attend(self, q: np.ndarray, scale: float) -> np.ndarray: ...
     def trim(self, n: int) -> None: ...
-    def nbytes(self) -> int: ...
-    def k_bits_per_elem(self) -> float: ...
+    def nbytes(self, at: int | None = None) -> int: ...
+    def k_bits_per_elem(self, at: int | None = None) -> float: ...
 
 
 def causal_softmax_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,

@@ -69,11 +69,17 @@ class DenseCache:
             raise ValueError("cannot rewind past the dropped part of a sliding window")
         self.offset = min(self.offset, max(0, n))
 
-    def nbytes(self) -> int:
-        """Bytes of the tokens held (capacity grows by doubling; the unused tail is not counted)."""
-        return 2 * (self.offset - self.start) * self.spec.n_kv * self.spec.head_dim * self.dtype.itemsize
+    def rows_at(self, at: int | None) -> int:
+        """Tokens held now, or held after `at` tokens (a sliding window keeps at most its window)."""
+        if at is None:
+            return self.offset - self.start
+        return at if self.spec.window is None else min(at, self.spec.window)
 
-    def k_bits_per_elem(self) -> float:
+    def nbytes(self, at: int | None = None) -> int:
+        """Bytes of the tokens held (capacity grows by doubling; the unused tail is not counted)."""
+        return 2 * self.rows_at(at) * self.spec.n_kv * self.spec.head_dim * self.dtype.itemsize
+
+    def k_bits_per_elem(self, at: int | None = None) -> float:
         return 8.0 * self.dtype.itemsize
 
 
@@ -126,8 +132,9 @@ class QuantCache(DenseCache):
         v = self._load("v", self.vq[lo:self.offset])
         return causal_softmax_attend(q, k, v, scale, q0, lo, self.spec.window)
 
-    def nbytes(self):
-        return self.kq.nbytes + self.vq.nbytes
+    def nbytes(self, at: int | None = None):
+        rows = self.offset if at is None else self.rows_at(at)
+        return rows * self.spec.n_kv * (self.kq.shape[2] + self.vq.shape[2])
 
-    def k_bits_per_elem(self):
+    def k_bits_per_elem(self, at: int | None = None):
         return self._bits["k"]

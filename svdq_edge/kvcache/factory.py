@@ -74,8 +74,12 @@ def collect_keys(model, ids: list[int], pre_rope: bool, progress=None) -> dict:
     return out
 
 
+def basis_path(model, cfg: SVDqConfig) -> Path:
+    return model.cache_dir / f"svdq-basis-{_basis_key(model, cfg)}.npz"
+
+
 def model_bases(model, cfg: SVDqConfig) -> list:
-    path = model.cache_dir / f"svdq-basis-{_basis_key(model, cfg)}.npz"
+    path = basis_path(model, cfg)
     a = model.args
     if path.exists():
         return load_bases(path, a.n_layer)

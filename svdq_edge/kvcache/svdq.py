@@ -32,6 +32,7 @@ class SVDqCache:
         self.V16 = basis.V.astype(np.float16)                     # (G, D, r)
         self.mu16 = basis.mean.astype(np.float16)                 # (G, D)
         self.Vf = self.V16.astype(np.float32)
+        self.basis_nbytes = self.V16.nbytes + self.mu16.nbytes
         self.muf = self.mu16.astype(np.float32)
         self.nblk = 0
         self.win_start = cfg.sinks                                # position of the first window token
@@ -208,17 +209,30 @@ class SVDqCache:
             raise ValueError("cannot rewind into packed SVDq blocks")
         self.offset = max(0, n)
 
-    def nbytes(self) -> int:
-        """Bytes held for the current tokens: codes, scales, minima, basis, mean, f16 keys, V."""
-        return self.k_nbytes() + self.offset * self.spec.n_kv * self.spec.head_dim * 2
+    def nbytes(self, at: int | None = None) -> int:
+        """Bytes held for the current tokens (or `at` tokens): codes, scales, minima, basis, mean,
+        f16 keys, f16 V."""
+        T = self.offset if at is None else at
+        return self.k_nbytes(at) + T * self.spec.n_kv * self.spec.head_dim * 2
 
-    def k_nbytes(self) -> int:
-        codes = sum(self.nblk * self.G * n * (self.B * w // 8) for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts))
-        sm = 2 * self.nblk * self.G * self.r * 2
-        full = (min(self.cfg.sinks, self.offset) + max(0, self.offset - self.win_start)) * self.spec.n_kv * self.spec.head_dim * 2
-        basis = self.V16.nbytes + self.mu16.nbytes
-        return codes + sm + full + basis
+    def k_nbytes(self, at: int | None = None) -> int:
+        """K bytes for the tokens held now, or (at=T) for T tokens under the same flush rule."""
+        return k_nbytes(self, at)
 
-    def k_bits_per_elem(self) -> float:
-        n = max(self.offset, 1)
-        return 8.0 * self.k_nbytes() / (n * self.spec.n_kv * self.spec.head_dim)
+    def k_bits_per_elem(self, at: int | None = None) -> float:
+        """All-inclusive K bits per key element (codes, scales, minima, basis, mean, f16 window)."""
+        n = max(self.offset if at is None else at, 1)
+        return 8.0 * self.k_nbytes(at) / (n * self.spec.n_kv * self.spec.head_dim)
+
+
+def k_nbytes(c, at: int | None = None) -> int:
+    """SVDq K accounting shared by the CPU and CUDA caches (attributes spec, cfg, B, G, r, counts,
+    nblk, offset, basis_nbytes): codes + f16 scales and minima + f16 sinks and window + f16 basis
+    and mean, for the tokens held or for `at` tokens under the flush rule (nblk = (T-S-W) // B)."""
+    S, B, W = c.cfg.sinks, c.B, c.cfg.window
+    T = c.offset if at is None else at
+    nblk = c.nblk if at is None else max(0, (T - S - W) // B)
+    codes = sum(nblk * c.G * n * (B * w // 8) for w, n in zip(svdq_ref.PACK_WIDTHS, c.counts))
+    sm = 2 * nblk * c.G * c.r * 2
+    full = (T - nblk * B) * c.spec.n_kv * c.spec.head_dim * 2
+    return codes + sm + full + c.basis_nbytes
