@@ -184,14 +184,19 @@ class SVDqCache:
             kf = self.spec.rope.apply_at(kf, np.concatenate([np.arange(S), win_pos]))
         qg = q.reshape(n, KV, grp, d)
         s_full = np.einsum("nkgd,tkd->nkgt", qg, kf, optimize=True).reshape(n, H, -1)   # (n, H, S+win)
-        s_pack = self._packed_scores(q)                                                # (n, H, t_pack)
-        scores = np.concatenate([s_full[:, :, :S], s_pack, s_full[:, :, S:]], axis=2) * scale
-        # causal mask by position (sinks | packed | window)
-        kpos = np.concatenate([np.arange(S), self.cfg.sinks + np.arange(t_pack), win_pos])
-        qpos = q0 + np.arange(n)
-        mask = kpos[None, :] > qpos[:, None]                                           # (n, T)
-        if mask.any():
-            scores[np.broadcast_to(mask[:, None, :], scores.shape)] = -np.inf
+        # scores by position: sinks | packed | window
+        scores = np.empty((n, H, S + t_pack + n_win), np.float32)                      # (n, H, T)
+        scores[:, :, :S] = s_full[:, :, :S]
+        scores[:, :, S + t_pack:] = s_full[:, :, S:]
+        if t_pack:
+            scores[:, :, S:S + t_pack] = self._packed_scores(q)
+        scores *= np.float32(scale)
+        if n > 1:
+            # causal mask (a single decode query sees every stored token)
+            kpos = np.concatenate([np.arange(S), self.cfg.sinks + np.arange(t_pack), win_pos])
+            mask = kpos[None, :] > (q0 + np.arange(n))[:, None]                        # (n, T)
+            if mask.any():
+                scores[np.broadcast_to(mask[:, None, :], scores.shape)] = -np.inf
         if self.cfg.topk is not None and t_pack > 0:
             k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
             if k < t_pack:
