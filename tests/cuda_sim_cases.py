@@ -411,7 +411,7 @@ def test_runner_matches_cpu(tmp_path, arch, ctk, per_head):
         cal.set_caches([DenseCache(s, np.float32) for s in specs(cal)])
         keys = {}
         cal.forward(np.random.default_rng(0).integers(0, 48, 48),
-                    hidden_hook=lambda i, k, v: keys.setdefault(i, k.copy()))
+                    hidden_hook=lambda i, k, v, q=None: keys.setdefault(i, k.copy()))
         for i in range(a.n_layer):
             if a.layer_window[i] is None:
                 kr = cal.layer_rope(i).apply(keys[i], 0)

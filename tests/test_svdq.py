@@ -167,6 +167,24 @@ def test_accounting_matches_arrays():
         assert c.k_nbytes(at=c.offset) == c.k_nbytes(), extra
 
 
+def test_queries_rank_latent_channels_by_score_error():
+    """A high-energy key direction that no query reads gets no bits when channels are ranked by
+    score error; ranked by key energy alone it takes the widest code."""
+    rng = np.random.default_rng(11)
+    T, D = 2048, 16
+    k = rng.standard_normal((T, 1, D)).astype(np.float32) * np.linspace(1.0, 0.2, D)
+    k[:, 0, 0] *= 20.0                                            # loudest key channel
+    q = rng.standard_normal((T, 1, 2, D)).astype(np.float32)
+    q[..., 0] = 0.0                                               # ... that no query reads
+    cfg = SVDqConfig(budget=2.0)
+    by_keys = compute_basis(k, cfg)
+    by_scores = compute_basis(k, cfg, q)
+    e0 = np.eye(D)[0]
+    lead = lambda b: np.abs(b.V[0].T @ e0)                        # (r,) overlap of kept channels with e0
+    assert lead(by_keys)[0] > 0.99                                # widest channel = the loud one
+    assert lead(by_scores).max() < 0.05                           # not kept at all
+
+
 def test_fitted_widths_respect_budget_and_order():
     var = 10.0 * 0.8 ** np.arange(64)
     w = fit_widths(var, 1.5)

@@ -148,7 +148,7 @@ def cmd_quality(a):
         cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
                          budget=float(kw.get("budget", 1.5)), pre_rope=kw.get("rope", "post") == "pre",
                          per_head=kw.get("basis", "per-layer") == "per-head", window=int(kw.get("window", 64)),
-                         topk=float(kw["topk"]) if "topk" in kw else None)
+                         topk=float(kw["topk"]) if "topk" in kw else None, rank_by=kw.get("rank", "scores"))
         configs.append((spec, CacheOptions(ctk="svdq", svdq=cfg)))
     configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]
     base_lp = {}
@@ -170,7 +170,7 @@ def cmd_quality(a):
                 kld.append(float(np.mean(np.sum(np.exp(b) * (b - lp), axis=1))))
                 top1.append(float(np.mean(b.argmax(1) == lp.argmax(1))))
         caches = m.model.caches
-        kbits = float(np.mean([c.k_bits_per_elem() for c in caches if c.spec.window is None]))
+        kbits = float(np.mean([c.k_bits_per_elem(at=a.ctx) for c in caches if c.spec.window is None]))
         row = {"config": name, "ppl": res["ppl"], "ppl_vs_f16": None, "kld": float(np.mean(kld)) if kld else 0.0,
                "top1_vs_f16": float(np.mean(top1)) if top1 else 1.0, "k_bits_global_layers_at_ctx": kbits,
                "seconds": round(time.time() - t0, 1)}
@@ -181,7 +181,7 @@ def cmd_quality(a):
     OUT.mkdir(parents=True, exist_ok=True)
     out = {"model": path.name, "text": TEXT.name, "ctx": a.ctx, "chunks": a.chunks, "rows": rows,
            "command": " ".join(sys.argv)}
-    (OUT / f"svdq_quality_{a.model}_c{a.ctx}.json").write_text(json.dumps(out, indent=1))
+    (OUT / f"svdq_quality_{a.model}_c{a.ctx}{a.tag}.json").write_text(json.dumps(out, indent=1))
     for r in rows:
         print(f"| {r['config']:40s} | {r['ppl']:8.3f} | {100 * r['ppl_vs_f16']:+6.2f}% | {r['kld']:.4f} | "
               f"{100 * r['top1_vs_f16']:5.1f}% | {r['k_bits_global_layers_at_ctx']:5.2f} |")
@@ -196,5 +196,6 @@ if __name__ == "__main__":
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--configs", default="bits=auto,budget=1.5;bits=1.25;bits=2.0")
     ap.add_argument("--baselines", default="q8_0,q4_0")
+    ap.add_argument("--tag", default="", help="suffix of the output file name")
     a = ap.parse_args()
     {"spectra": cmd_spectra, "quality": cmd_quality}[a.what](a)

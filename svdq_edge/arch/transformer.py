@@ -149,7 +149,7 @@ class Transformer:
             # the cache stores k (pre-RoPE in, it rotates as its representation needs) and v
             cache.append(k, v)
             if hidden_hook is not None:
-                hidden_hook(i, k, v)
+                hidden_hook(i, k, v, q)
             o = cache.attend(q, a.attn_scale).reshape(n, a.q_dim)                    # (n, H*d)
             o = kernels.matmul(lw.wo, o)                                             # (n, E)
             if lw.post_attn_norm is not None:

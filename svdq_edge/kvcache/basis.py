@@ -65,10 +65,14 @@ class LayerBasis:
         return 2 * (self.mean.size + self.V.size)
 
 
-def compute_basis(keys: np.ndarray, cfg: SVDqConfig) -> LayerBasis:
-    """keys: float32 (T, G, D) calibration keys (already grouped per head or per layer)."""
+def compute_basis(keys: np.ndarray, cfg: SVDqConfig, queries: np.ndarray | None = None) -> LayerBasis:
+    """keys: float32 (T, G, D) calibration keys (already grouped per head or per layer).
+    queries: optional float32 (Tq, G, m, D), the queries that read each group, in its D-space
+    (a per-layer basis: each head's query in its KV head's slot, zeros elsewhere). With queries
+    the latent channels are ranked and given bits by their share of the score error,
+    E[k_j^2] * E[q_j^2], not by key energy alone (a channel no query looks at needs no bits)."""
     T, G, D = keys.shape
-    means, Vs, sig = [], [], []
+    means, Vs, sig, imps = [], [], [], []
     for g in range(G):
         k = keys[:, g, :].astype(np.float64)
         mu = k.mean(axis=0)
@@ -76,12 +80,20 @@ def compute_basis(keys: np.ndarray, cfg: SVDqConfig) -> LayerBasis:
         s = np.concatenate([s, np.zeros(D - s.shape[0])])
         Vfull = np.zeros((D, D))
         Vfull[:, :vt.shape[0]] = vt.T
+        sg = s / np.sqrt(max(T, 1))
+        imp = sg ** 2
+        if queries is not None:
+            qt = queries[:, g].reshape(-1, D).astype(np.float64) @ Vfull                 # (Tq*m, D)
+            imp = imp * np.mean(qt * qt, axis=0)
+            order = np.argsort(-imp, kind="stable")
+            Vfull, sg, imp = Vfull[:, order], sg[order], imp[order]
         means.append(mu)
         Vs.append(Vfull)
-        sig.append(s / np.sqrt(max(T, 1)))
+        sig.append(sg)
+        imps.append(imp)
     sig = np.asarray(sig)
     # one width layout per layer (all groups alike, so the packed arrays have one shape)
-    var = np.mean(sig ** 2, axis=0)
+    var = np.mean(np.asarray(imps), axis=0)
     w = schedule_widths(cfg.bits, D) if cfg.bits is not None else fit_widths(var, cfg.budget)
     r = max(1, int(np.count_nonzero(w)))
     return LayerBasis(np.asarray(means, np.float32), np.asarray([v[:, :r] for v in Vs], np.float32),

@@ -18,7 +18,7 @@ from .svdq_config import SVDqConfig, parse_bits
 
 CALIBRATION_TEXT = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 2048
-BASIS_VERSION = 2          # bump when the basis or width fitting changes: old cached bases are refit
+BASIS_VERSION = 3          # bump when the basis or width fitting changes: old cached bases are refit
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,12 @@ def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
 
 
 def _basis_key(model, cfg: SVDqConfig) -> str:
-    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "pre_rope", "per_head")}
+    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "pre_rope", "per_head", "rank_by")}
     h = hashlib.sha256((model.gguf.sha256() + repr(sorted(fields.items())) + str(CALIBRATION_TOKENS) + f"v{BASIS_VERSION}").encode())
     return h.hexdigest()[:20]
 
 
-def collect_keys(model, ids: list[int], pre_rope: bool, progress=None) -> dict:
+def collect_keys(model, ids: list[int], pre_rope: bool, progress=None, queries: dict | None = None) -> dict:
     """Run `ids` through the model with dense f32 caches and return each layer's keys
     (T, n_kv, head_dim), pre- or post-RoPE. Uses its own Transformer sized for `ids`, so the
     calibration text fits whatever -c the user chose."""
@@ -61,8 +61,10 @@ def collect_keys(model, ids: list[int], pre_rope: bool, progress=None) -> dict:
                                        m.layer_rope(i)), np.float32) for i in range(a.n_layer)])
     keys: dict[int, list] = {}
 
-    def hook(i, k, v):
+    def hook(i, k, v, q):
         keys.setdefault(i, []).append(k.copy())
+        if queries is not None:
+            queries.setdefault(i, []).append(q.copy())                  # (n, H, d) post-RoPE
     for s in range(0, len(ids), N_BATCH):
         m.forward(ids[s:s + N_BATCH], hidden_hook=hook)
         if progress is not None:
@@ -71,6 +73,23 @@ def collect_keys(model, ids: list[int], pre_rope: bool, progress=None) -> dict:
     for i, parts in keys.items():
         k = np.concatenate(parts)
         out[i] = k if pre_rope else m.layer_rope(i).apply(k, 0)
+    if queries is not None:
+        for i in list(queries):
+            queries[i] = np.concatenate(queries[i])                       # (T, H, d)
+    return out
+
+
+def group_queries(q: np.ndarray, n_kv: int, per_head: bool) -> np.ndarray:
+    """Post-RoPE queries (T, H, d) -> (T, G, m, D) in each basis group's space: per head, the
+    H/n_kv heads that read KV head g; per layer, every head in its KV head's slot of D = n_kv*d."""
+    T, H, d = q.shape
+    grp = H // n_kv
+    if per_head:
+        return q.reshape(T, n_kv, grp, d)
+    out = np.zeros((T, 1, H, n_kv * d), np.float32)
+    for h in range(H):
+        kv = h // grp
+        out[:, 0, h, kv * d:(kv + 1) * d] = q[:, h]
     return out
 
 
@@ -87,7 +106,10 @@ def model_bases(model, cfg: SVDqConfig) -> list:
     ids = model.tokenizer.encode(text)[:CALIBRATION_TOKENS]
     print(f"svdq-edge: calibrating the SVDq K basis on {len(ids)} tokens (once per model; cached in "
           f"{path.parent})", file=sys.stderr)
-    keys = collect_keys_progress(model, ids, cfg.pre_rope)
+    # post-RoPE: rank latent channels by what queries read (pre-RoPE keys are rotated before the
+    # dot, so their latent channels do not meet the queries' as they are)
+    queries = {} if cfg.rank_by == "scores" and not cfg.pre_rope else None
+    keys = collect_keys_progress(model, ids, cfg.pre_rope, queries)
     bases = []
     for i in range(a.n_layer):
         if a.layer_window[i] is not None:
@@ -95,17 +117,18 @@ def model_bases(model, cfg: SVDqConfig) -> list:
             continue
         k = keys[i]
         k = k if cfg.per_head else k.reshape(k.shape[0], 1, -1)
-        bases.append(compute_basis(k, cfg))
+        q = None if queries is None else group_queries(queries[i], a.n_kv, cfg.per_head)
+        bases.append(compute_basis(k, cfg, q))
     tmp = path.with_suffix(".tmp.npz")
     save_bases(tmp, bases)
     tmp.replace(path)
     return bases
 
 
-def collect_keys_progress(model, ids, pre_rope):
+def collect_keys_progress(model, ids, pre_rope, queries=None):
     from tqdm import tqdm
     with tqdm(total=len(ids), desc="calibrate", unit="tok", leave=False, file=sys.stderr) as bar:
-        return collect_keys(model, ids, pre_rope, progress=bar.update)
+        return collect_keys(model, ids, pre_rope, progress=bar.update, queries=queries)
 
 
 def add_cli_flags(p) -> None:
@@ -118,6 +141,8 @@ def add_cli_flags(p) -> None:
     p.add_argument("--svdq-block", type=int, default=SVDqConfig.block, help="tokens per scale block")
     p.add_argument("--svdq-rope", choices=["post", "pre"], default="post", help="basis of post- or pre-RoPE keys")
     p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-layer")
+    p.add_argument("--svdq-rank", choices=["scores", "keys"], default="scores",
+                   help="rank latent channels (and give bits) by score error, key x query energy, or by key energy")
     p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: a count, or a fraction < 1")
 
 
@@ -131,7 +156,7 @@ def options_from_args(args) -> CacheOptions:
     try:
         cfg = SVDqConfig(bits=parse_bits(args.svdq_bits), budget=args.svdq_budget, block=args.svdq_block,
                          window=args.svdq_window, sinks=args.svdq_sinks, pre_rope=args.svdq_rope == "pre",
-                         per_head=args.svdq_basis == "per-head", topk=args.svdq_topk)
+                         per_head=args.svdq_basis == "per-head", topk=args.svdq_topk, rank_by=args.svdq_rank)
         cfg.validate()
     except ValueError as e:
         raise SvdqError(str(e)) from None

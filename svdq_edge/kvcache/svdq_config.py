@@ -23,6 +23,7 @@ class SVDqConfig:
     pre_rope: bool = False         # basis of pre-RoPE keys (rebuild + rotate per token) vs post-RoPE
     per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)
     basis_source: str = "calibrated"   # calibrated | prompt
+    rank_by: str = "scores"        # latent channels ranked by score error (key x query energy; post-RoPE only) | keys
     topk: float | None = None      # token sparsity: int count or fraction of packed tokens
 
     def validate(self) -> None:
@@ -47,6 +48,8 @@ class SVDqConfig:
             raise ValueError(f"--svdq-sinks {self.sinks}: must be >= 0")
         if self.basis_source not in ("calibrated", "prompt"):
             raise ValueError(f"--svdq-basis {self.basis_source}: expected calibrated or prompt")
+        if self.rank_by not in ("scores", "keys"):
+            raise ValueError(f"--svdq-rank {self.rank_by}: expected scores or keys")
         if self.topk is not None and self.topk <= 0:
             raise ValueError(f"--svdq-topk {self.topk}: must be > 0 (a count, or a fraction below 1)")
 
