@@ -142,7 +142,7 @@ def cmd_quality(a):
     path = resolve(a.model)
     text = TEXT.read_text()
     configs = [("f16", CacheOptions(ctk="f16"))]
-    for spec in a.configs.split(";"):
+    for spec in [c for c in a.configs.split(";") if c]:
         kw = dict(x.split("=") for x in spec.split(",") if x)
         bits = kw.get("bits", "auto")
         cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
