@@ -98,33 +98,62 @@ def test_cli_prompt_beyond_context_is_a_message():
     assert r.returncode == 1 and "context" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("key,fixture,min_agree", [("gemma", "top1_gemma-3-270m.json", 0.90),
-                                                   ("qwen", "top1_qwen2.5-coder-0.5b.json", 0.96)])
-def test_teacher_forced_top1_agrees_with_llama_cpp(key, fixture, min_agree):
-    """Measured (RESULTS.md): Gemma 93.9%, Qwen 97.3% over 4 chunks; every disagreement is a near
-    tie (< 0.35 nats between the two candidates in our log-probs) and the mean log-prob of the true
-    token differs by < 0.01 nats: the gap is float noise (our own prefill and one-token paths agree
-    97.6% on Gemma), not a modelling difference."""
+@pytest.mark.parametrize("key,fixture", [("gemma", "top1_gemma-3-270m.json"),
+                                         ("qwen", "top1_qwen2.5-coder-0.5b.json")])
+def test_teacher_forced_top1_agrees_with_llama_cpp_as_well_as_llama_cpp_does(key, fixture):
+    """The fixture holds llama.cpp's argmax from three runs of the same command: the original build,
+    a fresh build of the same commit with flash attention off, and with it on. llama.cpp agrees
+    with itself on only 94-98% of positions (activation quantization turns float-order noise into
+    near-tie flips), so our agreement is judged against that floor (RESULTS.md section 1):
+    measured on these 2 chunks, Qwen ours 98.0% vs llama.cpp's own 97.5%, Gemma 95.0% vs 95.1%."""
     ref = json.loads((FIXTURES / fixture).read_text())
+    runs = {"original": [c["argmax"] for c in ref["chunks"]], **ref["variants"]}
     m = loaded(key, n_ctx=512, cache_options=F16)
     text = (FIXTURES / "pride_ch1_15.txt").read_text()
-    hits, total, dlp, margins = 0, 0, [], []
+    n_chunks, first = 2, ref["first"]
+    ours_top, dlp, margins = [], [], []
 
     def on_chunk(i, logits, chunk):
-        nonlocal hits, total
         c = ref["chunks"][i]
-        first = ref["first"]
         ours = logits[first:511]
         theirs = np.asarray(c["argmax"])
         lp = ours - ours.max(1, keepdims=True)
         lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
+        ours_top.append(ours.argmax(1))
         agree = ours.argmax(1) == theirs
-        hits += int(agree.sum())
-        total += len(theirs)
         margins.extend((lp.max(1) - lp[np.arange(len(theirs)), theirs])[~agree])
         dlp.extend(lp[np.arange(len(ours)), chunk[first + 1:]] - np.asarray(c["logprob_next"]))
 
-    perplexity(m, text, 512, 2, progress=False, on_chunk=on_chunk)
-    assert hits / total >= min_agree, hits / total
-    assert max(margins, default=0.0) < 0.5, max(margins)
+    perplexity(m, text, 512, n_chunks, progress=False, on_chunk=on_chunk)
+    ours_top = np.concatenate(ours_top)
+    tops = {k: np.concatenate(v[:n_chunks]) for k, v in runs.items()}
+    names = list(tops)
+    floor = np.mean([np.mean(tops[a] == tops[b]) for i, a in enumerate(names) for b in names[i + 1:]])
+    ours = np.mean([np.mean(ours_top == t) for t in tops.values()])
+    assert ours >= floor - 0.01, (ours, floor)
+    assert max(margins, default=0.0) < 0.5, max(margins)       # every disagreement is a near tie
     assert abs(float(np.mean(dlp))) < 0.01
+
+
+def test_greedy_continuations_follow_llama_cpp():
+    """llama-simple's greedy continuations (fixture), teacher-forced through our f16 path: the first
+    token is the same, every later token is our argmax or within 0.5 nats of it, and where llama.cpp
+    names Paris our own free greedy text does too (Gemma is a base model: only some phrasings do)."""
+    ref = json.loads((FIXTURES / "greedy_llama_cpp.json").read_text())["cases"]
+    for key, name in (("gemma", "gemma-3-270m"), ("qwen", "qwen2.5-coder-0.5b")):
+        m = loaded(key, n_ctx=256, cache_options=F16)
+        for case in ref[name]:
+            cont = case["continuation"][:-1]                 # llama-simple prints a final newline
+            p_ids = m.tokenizer.encode(case["prompt"])
+            full = p_ids + m.tokenizer.encode(cont, add_bos=False)      # the tokens llama.cpp sampled
+            m.reset()
+            logits = m.feed(full, all_logits=True)[len(p_ids) - 1:-1]        # (n_cont, V)
+            want = np.asarray(full[len(p_ids):])
+            lp = logits - logits.max(1, keepdims=True)
+            lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
+            gap = lp.max(1) - lp[np.arange(len(want)), want]
+            assert logits[0].argmax() == want[0], case["prompt"]
+            assert gap.max() < 0.5, (case["prompt"], gap.max())
+            if "Paris" in cont:
+                m.reset()
+                assert "Paris" in greedy(m, case["prompt"], 12), case["prompt"]

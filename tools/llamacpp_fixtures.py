@@ -10,6 +10,12 @@ the JSON). Needs llama.cpp's tools built from the llama-cpp-python 0.3.36 source
     python tools/llamacpp_fixtures.py tokenize --bin /tmp/llref/.../build/bin
     python tools/llamacpp_fixtures.py perplexity --bin ...     (parses llama-perplexity logs)
     python tools/llamacpp_fixtures.py top1                     (reads --kl-divergence-base files)
+    python tools/llamacpp_fixtures.py variants --bin ...       (llama.cpp against itself, see below)
+    python tools/llamacpp_fixtures.py greedy --bin ...         (needs the llama-simple target too)
+
+`variants` reruns the top1 command with the build in --bin, flash attention off and on, and keeps
+those argmaxes too: how often llama.cpp agrees with itself (another build, another attention
+kernel) is the noise floor that our own agreement is judged against.
 """
 from __future__ import annotations
 
@@ -79,6 +85,61 @@ def cmd_perplexity(a):
         print(name, m.group(1), len(running), "chunks")
 
 
+def kld_top1(path: Path):
+    """argmax and log-prob of the true next token per scored position, from a kld-base file."""
+    import numpy as np
+    n_ctx, n_vocab, tokens, data = read_kld_base(path)
+    first = n_ctx // 2
+    chunks = []
+    for c in range(tokens.shape[0]):
+        u = data[c, :, 4:4 + n_vocab]
+        head = data[c, :, :4].copy().view(np.float32)          # (rows, 2): scale, min log-prob
+        nxt = tokens[c, first + 1:]
+        lp = head[:, 1] + head[:, 0] * u[np.arange(len(nxt)), nxt].astype(np.float32)
+        chunks.append({"argmax": u.argmax(axis=1).tolist(), "logprob_next": [round(float(x), 4) for x in lp]})
+    return n_ctx, first, chunks
+
+
+def cmd_variants(a):
+    """llama.cpp against itself: the same top1 command rerun with this build, -fa off and -fa on."""
+    runs = {"rebuild_fa_off": ["-fa", "off"], "rebuild_fa_on": ["-fa", "on"]}
+    for name, file in MODELS.items():
+        fx = json.loads((FIX / f"top1_{name}.json").read_text())
+        out = {}
+        for tag, extra in runs.items():
+            kld = Path(tempfile.mkdtemp()) / "kld.bin"
+            subprocess.run([str(a.bin / "llama-perplexity"), "-m", str(ROOT / "models" / "cache" / file), "-f",
+                            str(FIX / "pride_ch1_15.txt"), "-c", "512", "-b", "512", "-t", "2", *extra,
+                            "--chunks", "4", "--kl-divergence-base", str(kld)], capture_output=True, check=True)
+            out[tag] = [c["argmax"] for c in kld_top1(kld)[2]]
+        fx["variants"] = out
+        fx["variants_command"] = ("the command above rerun with a fresh GGML_NATIVE build of the same llama.cpp "
+                                  "(tools/llamacpp_bench.py setup), -fa off and -fa on: python tools/llamacpp_fixtures.py variants")
+        (FIX / f"top1_{name}.json").write_text(json.dumps(fx))
+        print(name, {k: len(v) for k, v in out.items()})
+
+
+GREEDY = {"gemma-3-270m": ["The capital of France is", "The capital of France is the city of",
+                           "Question: What is the capital of France?\nAnswer:", "Paris is the capital of"],
+          "qwen2.5-coder-0.5b": ["The capital of France is", "def fibonacci(n):"]}
+
+
+def cmd_greedy(a):
+    """llama-simple's greedy continuation (16 tokens) of a few prompts per model."""
+    cases = {}
+    for name, file in MODELS.items():
+        cases[name] = []
+        for p in GREEDY[name]:
+            out = subprocess.run([str(a.bin / "llama-simple"), "-m", str(ROOT / "models" / "cache" / file), "-n", "16", p],
+                                 capture_output=True, text=True, check=True).stdout
+            cont = out.split(p, 1)[1]
+            cases[name].append({"prompt": p, "continuation": cont})
+    (FIX / "greedy_llama_cpp.json").write_text(json.dumps({
+        "command": "llama-simple -m MODEL -n 16 PROMPT  (greedy sampler; text after the prompt)",
+        "llama_cpp": "vendored in llama-cpp-python 0.3.36", "cases": cases}, ensure_ascii=False, indent=1))
+    print({k: len(v) for k, v in cases.items()})
+
+
 def read_kld_base(path: Path):
     """llama-perplexity --kl-divergence-base file: '_logits_', n_ctx, n_vocab, n_chunk (int32),
     tokens int32 (n_chunk*n_ctx), then per chunk n_ctx-1-n_ctx/2 rows of [f32 scale, f32 min
@@ -95,17 +156,8 @@ def read_kld_base(path: Path):
 
 
 def cmd_top1(a):
-    import numpy as np
     for name, short in (("gemma-3-270m", "gemma"), ("qwen2.5-coder-0.5b", "qwen")):
-        n_ctx, n_vocab, tokens, data = read_kld_base(Path(a.logdir) / f"kld_{short}.bin")
-        first = n_ctx // 2
-        chunks = []
-        for c in range(tokens.shape[0]):
-            u = data[c, :, 4:4 + n_vocab]
-            head = data[c, :, :4].copy().view(np.float32)          # (rows, 2): scale, min log-prob
-            nxt = tokens[c, first + 1:]
-            lp = head[:, 1] + head[:, 0] * u[np.arange(len(nxt)), nxt].astype(np.float32)
-            chunks.append({"argmax": u.argmax(axis=1).tolist(), "logprob_next": [round(float(x), 4) for x in lp]})
+        n_ctx, first, chunks = kld_top1(Path(a.logdir) / f"kld_{short}.bin")
         (FIX / f"top1_{name}.json").write_text(json.dumps({
             "command": f"llama-perplexity -m {MODELS[name]} -f tests/fixtures/pride_ch1_15.txt -c 512 -b 512 -t 2 "
                        f"-fa off --chunks 4 --kl-divergence-base kld.bin; python tools/llamacpp_fixtures.py top1",
@@ -117,8 +169,9 @@ def cmd_top1(a):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["tokenize", "perplexity", "top1"])
+    ap.add_argument("what", choices=["tokenize", "perplexity", "top1", "variants", "greedy"])
     ap.add_argument("--bin", type=Path, default=Path("/tmp/llref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"))
     ap.add_argument("--logdir", default="/tmp/llref")
     a = ap.parse_args()
-    {"tokenize": cmd_tokenize, "perplexity": cmd_perplexity, "top1": cmd_top1}[a.what](a)
+    {"tokenize": cmd_tokenize, "perplexity": cmd_perplexity, "top1": cmd_top1, "variants": cmd_variants,
+     "greedy": cmd_greedy}[a.what](a)
