@@ -135,47 +135,47 @@ static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t
                     const __m256i qw = _mm256_loadu_si256((const __m256i *)(o + 2));
                     const __m256i ax = _mm256_sign_epi8(qw, qw), sy = _mm256_sign_epi8(qx, qw);
                     dot = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones16);
-                    sc = _mm256_set1_ps(h2f(rd16(o)) * dx);
-                } else {
-                    __m256i u;
-                    float s0, s1, m0, m1;
-                    if (T == Q5_0) {
-                        const uint8_t *o = row + b * 22;
-                        const __m128i q16 = _mm_loadu_si128((const __m128i *)(o + 6));
-                        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);
-                        u = _mm256_or_si256(u, _mm256_and_si256(FN(bytes_from_bits_32)(o + 2), _mm256_set1_epi8(16)));
-                        s0 = s1 = h2f(rd16(o)); m0 = m1 = -16.0f * s0;
-                    } else if (T == Q4_K) {
-                        const uint8_t *o = row + (b >> 3) * 144;
-                        const int j = (int)(b & 7);
-                        const uint8_t *scb = o + 4;
-                        int s, mn;
-                        if (j < 4) { s = scb[j] & 63; mn = scb[j + 4] & 63; }
-                        else { s = (scb[j + 4] & 15) | ((scb[j - 4] >> 6) << 4); mn = (scb[j + 4] >> 4) | ((scb[j] >> 6) << 4); }
-                        const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + (j >> 1) * 32));
-                        u = _mm256_and_si256((j & 1) ? _mm256_srli_epi16(q, 4) : q, m4);
-                        s0 = s1 = h2f(rd16(o)) * (float)s; m0 = m1 = -h2f(rd16(o + 2)) * (float)mn;
-                    } else { /* Q6_K */
-                        const uint8_t *o = row + (b >> 3) * 210;
-                        const int j = (int)(b & 7), hh = j >> 2, p = j & 3;
-                        const __m256i l = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + ((p & 1) ? 32 : 0)));
-                        const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
-                        const __m256i lo = _mm256_and_si256(p >= 2 ? _mm256_srli_epi16(l, 4) : l, m4);
-                        __m256i hi;
-                        switch (p) {
-                        case 0: hi = _mm256_slli_epi16(h, 4); break;
-                        case 1: hi = _mm256_slli_epi16(h, 2); break;
-                        case 2: hi = h; break;
-                        default: hi = _mm256_srli_epi16(h, 2); break;
-                        }
-                        u = _mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)));
-                        const int8_t *scs = (const int8_t *)(o + 192 + hh * 8 + p * 2);
-                        const float d = h2f(rd16(o + 208));
-                        s0 = d * (float)scs[0]; s1 = d * (float)scs[1]; m0 = -32.0f * s0; m1 = -32.0f * s1;
+                    sc = _mm256_set1_ps(_cvtsh_ss(rd16(o)) * dx);
+                } else if (T == Q5_0) {
+                    /* signed codes q - 16: the low nibble, with 0xF0 or-ed in where the 5th bit is 0 */
+                    const uint8_t *o = row + b * 22;
+                    const __m128i q16 = _mm_loadu_si128((const __m128i *)(o + 6));
+                    __m256i bx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q16, 4), q16), m4);
+                    bx = _mm256_or_si256(bx, _mm256_andnot_si256(FN(bytes_from_bits_32)(o + 2), _mm256_set1_epi8((char)0xF0)));
+                    dot = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(qx, bx)), ones16);
+                    sc = _mm256_set1_ps(_cvtsh_ss(rd16(o)) * dx);
+                } else if (T == Q6_K) {
+                    /* signed codes q - 32 in [-32, 31]; two int8 scales per 32 values */
+                    const uint8_t *o = row + (b >> 3) * 210;
+                    const int j = (int)(b & 7), hh = j >> 2, p = j & 3;
+                    const __m256i l = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + ((p & 1) ? 32 : 0)));
+                    const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
+                    const __m256i lo = _mm256_and_si256(p >= 2 ? _mm256_srli_epi16(l, 4) : l, m4);
+                    __m256i hi;
+                    switch (p) {                 /* bits 2p, 2p+1 of each qh byte to bits 4, 5 */
+                    case 0: hi = _mm256_slli_epi16(h, 4); break;
+                    case 1: hi = _mm256_slli_epi16(h, 2); break;
+                    case 2: hi = h; break;
+                    default: hi = _mm256_srli_epi16(h, 2); break;
                     }
+                    const __m256i v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x30))),
+                                                      _mm256_set1_epi8(32));
+                    dot = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(qx, v)), ones16);
+                    const int8_t *scs = (const int8_t *)(o + 192 + hh * 8 + p * 2);
+                    const float d = _cvtsh_ss(rd16(o + 208)) * dx;
+                    sc = _mm256_set_m128(_mm_set1_ps(d * (float)scs[1]), _mm_set1_ps(d * (float)scs[0]));
+                } else { /* Q4_K: unsigned nibbles, one scale and one min per 32 values */
+                    const uint8_t *o = row + (b >> 3) * 144;
+                    const int j = (int)(b & 7);
+                    const uint8_t *scb = o + 4;
+                    int s, mn;
+                    if (j < 4) { s = scb[j] & 63; mn = scb[j + 4] & 63; }
+                    else { s = (scb[j + 4] & 15) | ((scb[j - 4] >> 6) << 4); mn = (scb[j + 4] >> 4) | ((scb[j] >> 6) << 4); }
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + (j >> 1) * 32));
+                    const __m256i u = _mm256_and_si256((j & 1) ? _mm256_srli_epi16(q, 4) : q, m4);
                     dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u, qx), ones16);
-                    sc = _mm256_set_m128(_mm_set1_ps(s1 * dx), _mm_set1_ps(s0 * dx));
-                    accm += dx * (m0 * (float)st[2 * b] + m1 * (float)st[2 * b + 1]);
+                    sc = _mm256_set1_ps(_cvtsh_ss(rd16(o)) * (float)s * dx);
+                    accm -= dx * _cvtsh_ss(rd16(o + 2)) * (float)mn * (float)(st[2 * b] + st[2 * b + 1]);
                 }
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc);
             }
