@@ -38,6 +38,12 @@ static inline float h2f(uint16_t h) {
 
 static inline float bf2f(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
 
+/* K-quants (Q4_K, Q5_K): six-bit scale and min of sub-block j (0..7) from the 12 packed bytes sc */
+static inline void scale_min_k4(const uint8_t *sc, int j, int *s, int *mn) {
+    if (j < 4) { *s = sc[j] & 63; *mn = sc[j + 4] & 63; }
+    else { *s = (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4); *mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4); }
+}
+
 /* bytes per block and elements per block, by type (a table, as in quants.py) */
 static int64_t type_row_bytes(int T, int64_t k) {
     switch (T) {

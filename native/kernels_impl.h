@@ -40,8 +40,7 @@ static inline __attribute__((always_inline)) void FN(decode32)(const uint8_t *ro
         const int j = (int)(b & 7);
         const uint8_t *sc = o + 4;
         int s, mn;
-        if (j < 4) { s = sc[j] & 63; mn = sc[j + 4] & 63; }
-        else { s = (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4); mn = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4); }
+        scale_min_k4(sc, j, &s, &mn);
         const uint8_t *qs = o + (T == Q4_K ? 16 : 48) + (j >> 1) * 32;
         const int sh = 4 * (j & 1);
         if (T == Q4_K) {
@@ -169,8 +168,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t
                     const int j = (int)(b & 7);
                     const uint8_t *scb = o + 4;
                     int s, mn;
-                    if (j < 4) { s = scb[j] & 63; mn = scb[j + 4] & 63; }
-                    else { s = (scb[j + 4] & 15) | ((scb[j - 4] >> 6) << 4); mn = (scb[j + 4] >> 4) | ((scb[j] >> 6) << 4); }
+                    scale_min_k4(scb, j, &s, &mn);
                     const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + (j >> 1) * 32));
                     const __m256i u = _mm256_and_si256((j & 1) ? _mm256_srli_epi16(q, 4) : q, m4);
                     dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u, qx), ones16);

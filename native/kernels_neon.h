@@ -59,8 +59,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_neon)(const uint8_t
                     const int j = (int)(b & 7);
                     const uint8_t *scb = o + 4;
                     int s, mn;
-                    if (j < 4) { s = scb[j] & 63; mn = scb[j + 4] & 63; }
-                    else { s = (scb[j + 4] & 15) | ((scb[j - 4] >> 6) << 4); mn = (scb[j + 4] >> 4) | ((scb[j] >> 6) << 4); }
+                    scale_min_k4(scb, j, &s, &mn);
                     /* sub-block j is the low (even j) or high (odd j) nibbles of qs[32 (j/2) ..] */
                     const uint8_t *qs = o + 16 + (j >> 1) * 32;
                     const int8x16_t sh = vdupq_n_s8((int8_t)(-4 * (j & 1)));
