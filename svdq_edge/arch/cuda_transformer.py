@@ -215,11 +215,8 @@ class CudaSVDqCache:
             k.attend_v_f16(rt.s, nq, H, q0, i0, 0, 0, self.v, 0, self.spec.n_ctx, out)
 
     def trim(self, n: int) -> None:
-        if n >= self.offset:
-            return
-        if n < self.win_start and self.nblk:
-            raise ValueError("cannot rewind into packed SVDq blocks")
-        self.offset = max(0, n)
+        from ..kvcache.svdq import trim_packed
+        trim_packed(self, n)
 
     def k_nbytes(self, at: int | None = None) -> int:
         from ..kvcache.svdq import k_nbytes

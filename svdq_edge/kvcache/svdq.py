@@ -208,11 +208,7 @@ class SVDqCache:
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def trim(self, n: int) -> None:
-        if n >= self.offset:
-            return
-        if n < self.win_start and self.nblk:
-            raise ValueError("cannot rewind into packed SVDq blocks")
-        self.offset = max(0, n)
+        trim_packed(self, n)
 
     def nbytes(self, at: int | None = None) -> int:
         """Bytes held for the current tokens (or `at` tokens): codes, scales, minima, basis, mean,
@@ -228,6 +224,15 @@ class SVDqCache:
         """All-inclusive K bits per key element (codes, scales, minima, basis, mean, f16 window)."""
         n = max(self.offset if at is None else at, 1)
         return 8.0 * self.k_nbytes(at) / (n * self.spec.n_kv * self.spec.head_dim)
+
+
+def trim_packed(cache, n: int) -> None:
+    """Rewind an SVDq cache (CPU or CUDA) to n tokens: only the full-precision window can be undone."""
+    if n >= cache.offset:
+        return
+    if n < cache.win_start and cache.nblk:
+        raise ValueError("cannot rewind into packed SVDq blocks")
+    cache.offset = max(0, n)
 
 
 def k_nbytes(c, at: int | None = None) -> int:
