@@ -229,6 +229,9 @@ def cmd_calibrate(args):
     opts = options_from_args(args)
     if opts.ctk != "svdq":
         raise SvdqError(f"calibrate: -ctk {opts.ctk} has no basis (only svdq does)")
+    if opts.svdq.basis_source != "calibrated":
+        raise SvdqError("calibrate: --svdq-basis-source prompt fits its basis to each conversation's "
+                        "first keys; there is nothing to calibrate")
     path = resolve(args.model_flag)
     m = Model(path, n_ctx=args.ctx_size, cache_options=CacheOptions(ctk="f16"), threads=args.threads)
     bp = basis_path(m, opts.svdq)
@@ -260,7 +263,9 @@ def startup_line(m) -> str:
     bits = sum(kb) / max(len(kb), 1)
     local = len(kv) - len(glob)
     kv_mib = m.kv_nbytes_at(m.n_ctx) / 2**20
-    kdesc = f"{bits:.2f} bits/elem at full ctx" + (f" on {len(glob)} global layers, f16 on {local} sliding-window"
+    pend = [c for c in glob if getattr(c, "pending", False)]
+    kdesc = (f"<= {bits:.2f} bits/elem at full ctx, basis fitted to the first {pend[0].cfg.prompt_tokens} keys"
+             if pend else f"{bits:.2f} bits/elem at full ctx") + (f" on {len(glob)} global layers, f16 on {local} sliding-window"
                                                     if local else "")
     return (f"svdq-edge: {m.path.name} | {a.arch}, {a.n_layer} layers, n_embd {a.n_embd} | "
             f"ctx {m.n_ctx} | K cache {m.cache_options.ctk} ({kdesc}), "

@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svdq_edge.kernels import svdq_numba, svdq_ref
-from svdq_edge.kvcache.base import CacheSpec
-from svdq_edge.kvcache.basis import compute_basis, fit_widths
+from dataclasses import replace
+
+from svdq_edge.kvcache.base import CacheSpec, causal_softmax_attend
+from svdq_edge.kvcache.basis import compute_basis, fit_widths, query_moment
 from svdq_edge.kvcache.dense import DenseCache
 from svdq_edge.kvcache.svdq import SVDqCache
 from svdq_edge.kvcache.svdq_config import PRESETS, SVDqConfig, parse_bits
@@ -55,6 +57,44 @@ def test_score_numba_matches_oracle(widths):
     ref = svdq_ref.score(codes, scale, mn, widths, qt, 64)
     got = svdq_numba.score(codes, scale, mn, widths, qt, 64)
     assert np.allclose(got, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("widths", [[8] * 4, [4] * 3 + [2] * 2 + [1] * 3, [8, 8, 4, 4, 4, 2, 2, 1, 1, 1, 1]])
+def test_batched_scores_dequantize_every_block_like_the_oracle(widths):
+    """Prefill batches (>= BATCH_QUERIES queries) score through the vectorized latent dequant and
+    one matmul: bit-exact latent values, scores to float32 rounding."""
+    from svdq_edge import kernels
+    widths = np.array(widths)
+    codes, scale, mn = _packed_blocks(widths, 5, 64, 4)
+    z = svdq_ref.dequantize_all(codes, scale, mn, 64)
+    for b in range(5):
+        np.testing.assert_array_equal(z[b * 64:(b + 1) * 64],
+                                      svdq_ref.dequantize_block([c[b] for c in codes], scale[b], mn[b], widths, 64))
+    qt = np.random.default_rng(2).standard_normal((kernels.BATCH_QUERIES + 3, len(widths))).astype(np.float32)
+    ref = svdq_ref.score(codes, scale, mn, widths, qt, 64)
+    got = kernels.svdq_score(codes, scale, mn, widths, qt, 64)
+    assert np.allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,T,window", [(16, 16, None), (40, 300, None), (33, 100, 48), (64, 64, 32)])
+def test_batched_attention_matches_reference(n, T, window):
+    """The BLAS prefill attention (causal corner mask, sliding window) against the numpy oracle."""
+    from svdq_edge import kernels
+    rng = np.random.default_rng(n + T)
+    H, KV, d = 6, 2, 16
+    q = rng.standard_normal((n, H, d)).astype(np.float32)
+    k = rng.standard_normal((T, KV, d)).astype(np.float16)
+    v = rng.standard_normal((T, KV, d)).astype(np.float16)
+    q0, k0 = 500 + T - n, 500
+    ref = causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), 0.3, q0, k0, window)
+    got = kernels.attention_f16(q, k, v, 0.3, q0, k0, window)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # the same through the scores entry point the SVDq cache uses
+    s = np.einsum("nkgd,tkd->nkgt", (0.3 * q).reshape(n, KV, H // KV, d), k.astype(np.float32)).reshape(n, H, T)
+    qp, kp = q0 + np.arange(n)[:, None], k0 + np.arange(T)[None, :]
+    mask = (kp > qp) | ((kp <= qp - window) if window else False)
+    s[np.broadcast_to(mask[:, None, :], s.shape)] = -np.inf
+    np.testing.assert_allclose(kernels.softmax_av_f16(s, v), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_quantize_error_bounded_by_half_step():
@@ -174,11 +214,12 @@ def test_queries_rank_latent_channels_by_score_error():
     T, D = 2048, 16
     k = rng.standard_normal((T, 1, D)).astype(np.float32) * np.linspace(1.0, 0.2, D)
     k[:, 0, 0] *= 20.0                                            # loudest key channel
-    q = rng.standard_normal((T, 1, 2, D)).astype(np.float32)
+    q = rng.standard_normal((T, 2, D)).astype(np.float32)          # 2 query heads on 1 KV head
     q[..., 0] = 0.0                                               # ... that no query reads
     cfg = SVDqConfig(budget=2.0)
     by_keys = compute_basis(k, cfg)
-    by_scores = compute_basis(k, cfg, q)
+    M, n = query_moment(q, 1, per_head=True)
+    by_scores = compute_basis(k, cfg, M / n)
     e0 = np.eye(D)[0]
     lead = lambda b: np.abs(b.V[0].T @ e0)                        # (r,) overlap of kept channels with e0
     assert lead(by_keys)[0] > 0.99                                # widest channel = the loud one
@@ -247,3 +288,54 @@ def test_sliding_window_dense_cache_drops_old_tokens():
         pos += n
     assert np.allclose(a, np.concatenate(ref), atol=3e-3)
     assert ring.start > 0 and ring.nbytes() < 2 * 2 * (W + 1024) * KV * d
+
+
+def test_query_moment_matches_zero_padded_queries():
+    """Per layer, each head's query sits in its KV head's slot of D = n_kv*d: the moment must be
+    that of the zero-padded vectors (the oracle builds them)."""
+    rng = np.random.default_rng(5)
+    T, H, KV, d = 7, 6, 2, 4
+    q = rng.standard_normal((T, H, d)).astype(np.float32)
+    pad = np.zeros((T, H, KV * d))
+    for h in range(H):
+        kv = h // (H // KV)
+        pad[:, h, kv * d:(kv + 1) * d] = q[:, h]
+    M, n = query_moment(q, KV, per_head=False)
+    assert n == T * H
+    np.testing.assert_allclose(M[0], np.einsum("thd,the->de", pad, pad), rtol=1e-12, atol=1e-12)
+    Mh, nh = query_moment(q, KV, per_head=True)
+    assert nh == T * (H // KV)
+    np.testing.assert_allclose(Mh[1], np.einsum("thd,the->de", q[:, 3:].astype(np.float64), q[:, 3:].astype(np.float64)), rtol=1e-12, atol=1e-12)
+
+
+def test_prompt_basis_is_fitted_to_the_first_keys_and_then_packs():
+    """--svdq-basis-source prompt: keys stay f16 (attention exact) until prompt_tokens are held;
+    then the basis is the SVD of exactly those keys, the backlog is packed, and attention is
+    what a calibrated cache built from that same basis gives."""
+    rng = np.random.default_rng(21)
+    H, KV, d, T = 4, 2, 16, 400
+    cfg = SVDqConfig(budget=2.0, basis_source="prompt", prompt_tokens=256, rank_by="keys")
+    cfg.validate()
+    rope = RoPE(d, 10000.0, 1024, True)
+    spec = CacheSpec(0, H, KV, d, 1024, None, rope)
+    keys = (rng.standard_normal((T, KV, d)) * np.linspace(2.0, 0.1, d)).astype(np.float32)
+    vals = rng.standard_normal((T, KV, d)).astype(np.float32)
+    q = rng.standard_normal((1, H, d)).astype(np.float32)
+    c = SVDqCache(spec, None, cfg)
+    assert c.pending and c.k_bits_per_elem(at=1024) < 16
+    c.append(keys[:200], vals[:200])
+    ref = causal_softmax_attend(q, rope.apply(keys[:200], 0), vals[:200], 0.25, 199, 0, None)
+    np.testing.assert_allclose(c.attend(q, 0.25), ref, rtol=2e-3, atol=2e-3)   # f16 keys only
+    assert c.pending and c.nblk == 0
+    c.append(keys[200:300], vals[200:300])
+    c.append(keys[300:], vals[300:])                                # first flush after 300 held: fit
+    assert not c.pending and c.nblk > 0
+    held = rope.apply(keys[:300], 0)[cfg.sinks:].astype(np.float16).astype(np.float32)
+    want = compute_basis(held.reshape(-1, 1, KV * d), cfg)
+    np.testing.assert_array_equal(c.basis.widths, want.widths)
+    np.testing.assert_allclose(np.abs(c.basis.V), np.abs(want.V), atol=1e-4)
+    twin = SVDqCache(spec, want, replace(cfg, basis_source="calibrated"))
+    twin.append(keys[:300], vals[:300])
+    twin.append(keys[300:], vals[300:])
+    assert twin.nblk == c.nblk
+    np.testing.assert_allclose(c.attend(q, 0.25), twin.attend(q, 0.25), rtol=1e-4, atol=1e-4)

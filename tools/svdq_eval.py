@@ -148,7 +148,8 @@ def cmd_quality(a):
         cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
                          budget=float(kw.get("budget", 1.5)), pre_rope=kw.get("rope", "post") == "pre",
                          per_head=kw.get("basis", "per-layer") == "per-head", window=int(kw.get("window", 64)),
-                         topk=float(kw["topk"]) if "topk" in kw else None, rank_by=kw.get("rank", "scores"))
+                         topk=float(kw["topk"]) if "topk" in kw else None, rank_by=kw.get("rank", "scores"),
+                         basis_source=kw.get("source", "calibrated"), prompt_tokens=int(kw.get("ptok", 1024)))
         configs.append((spec, CacheOptions(ctk="svdq", svdq=cfg)))
     configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]
     base_lp = {}

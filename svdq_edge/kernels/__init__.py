@@ -127,10 +127,20 @@ def block_elems(qtype: int) -> int:
     return LAYOUTS[qtype][0]
 
 
+# From this many queries per call (prefill batches), attention runs as BLAS matmuls on float32
+# copies of the keys/values (or of the latent codes, dequantized once for all the queries); a
+# single decode query reads the f16 / packed cache directly in the native kernels.
+BATCH_QUERIES = 16
+
+
 def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray,
                block: int) -> np.ndarray:
     """Scores of packed SVDq tokens straight from their codes (see svdq_ref for the layout):
     qt float32 (m, r) projected queries -> float32 (m, nblk*block)."""
+    if qt.shape[0] >= BATCH_QUERIES and scale.shape[0]:
+        from . import svdq_ref
+        z = svdq_ref.dequantize_all(codes, scale, mn, block)                           # (nblk*block, r)
+        return np.ascontiguousarray(qt, np.float32) @ z.T
     name = backend_name()
     if name == "numpy":
         from . import svdq_ref as mod
@@ -146,11 +156,13 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     """Causal (optionally sliding-window) GQA attention over f16 keys/values.
     q: float32 (n, H, d); k, v: float16 (T, KV, d) at positions k_pos0.. -> float32 (n, H, d)."""
     mod = backend()
+    n, T = q.shape[0], k.shape[0]
+    if n >= BATCH_QUERIES:
+        return _attention_blas(q, k, v, scale, q_pos0, k_pos0, window)
     if not hasattr(mod, "qk_f16"):
         from ..kvcache.base import causal_softmax_attend
         return causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), scale, q_pos0, k_pos0, window)
     s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
-    n, T = q.shape[0], k.shape[0]
     if n > 1 or window is not None:
         qp = q_pos0 + np.arange(n)[:, None]
         kp = k_pos0 + np.arange(T)[None, :]
@@ -162,8 +174,45 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     return mod.softmax_av_f16(s, v)
 
 
+def _attention_blas(q, k, v, scale, q_pos0, k_pos0, window):
+    """attention_f16 for a batch of queries: scores by matmul per KV head, causal mask on the
+    trailing (n, n) corner only (or the full mask with a sliding window), softmax, P @ V."""
+    n, H, d = q.shape
+    T, KV, _ = k.shape
+    g = H // KV
+    qs = (q * np.float32(scale)).reshape(n, KV, g, d).transpose(1, 0, 2, 3).reshape(KV, n * g, d)
+    s = np.matmul(qs, k.astype(np.float32).transpose(1, 2, 0))                 # (KV, n*g, T)
+    s4 = s.reshape(KV, n, g, T)
+    if window is not None:
+        qp = q_pos0 + np.arange(n)[:, None]
+        kp = k_pos0 + np.arange(T)[None, :]
+        mask = (kp > qp) | (kp <= qp - window)                                 # (n, T)
+        s4[:, np.broadcast_to(mask[:, None, :], (n, g, T))] = -np.inf
+    else:
+        c0 = q_pos0 + 1 - k_pos0                                               # first key hidden from query 0
+        if c0 < T:
+            tail = np.arange(c0, T)[None, :] > (np.arange(n)[:, None] + c0 - 1)   # (n, T - c0)
+            s4[:, :, :, c0:][:, np.broadcast_to(tail[:, None, :], (n, g, T - c0))] = -np.inf
+    return _softmax_av_blas(s, v, n, H)
+
+
+def _softmax_av_blas(s, v, n, H):
+    """s: float32 (KV, n*g, T) scores (-inf masked), v: f16 (T, KV, d) -> (n, H, d)."""
+    KV, d = v.shape[1], v.shape[2]
+    s -= s.max(axis=2, keepdims=True)
+    np.exp(s, out=s)
+    den = s.sum(axis=2, keepdims=True)                                         # (KV, n*g, 1)
+    o = np.matmul(s, v.astype(np.float32).transpose(1, 0, 2)) / den            # (KV, n*g, d)
+    return np.ascontiguousarray(o.reshape(KV, n, H // KV, d).transpose(1, 0, 2, 3)).reshape(n, H, d)
+
+
 def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
     """scores float32 (n, H, T) with -inf where masked, v float16 (T, KV, d) -> (n, H, d)."""
+    n, H, T = scores.shape
+    if n >= BATCH_QUERIES:
+        KV = v.shape[1]
+        s = np.ascontiguousarray(scores.reshape(n, KV, H // KV, T).transpose(1, 0, 2, 3)).reshape(KV, -1, T)
+        return _softmax_av_blas(s, v, n, H)
     mod = backend()
     if hasattr(mod, "softmax_av_f16"):
         return mod.softmax_av_f16(np.ascontiguousarray(scores, np.float32), v)

@@ -83,6 +83,22 @@ def dequantize_block(packed: list, scale: np.ndarray, mn: np.ndarray, widths: np
     return codes * scale.astype(np.float32) + mn.astype(np.float32)
 
 
+def dequantize_all(codes: list, scale: np.ndarray, mn: np.ndarray, B: int) -> np.ndarray:
+    """Every packed block at once (vectorized dequantize_block): codes per width uint8
+    (nblk, n_w, B*w/8), scale/mn f16 (nblk, r) -> z float32 (nblk*B, r)."""
+    nblk, r = scale.shape
+    cols = []
+    for w, p in zip(PACK_WIDTHS, codes):
+        if p.shape[1]:
+            per = 8 // w
+            shifts = (w * np.arange(per)).astype(np.uint8)
+            c = (p[..., None] >> shifts) & np.uint8((1 << w) - 1)                 # (nblk, n_w, B*w/8, per)
+            cols.append(c.reshape(nblk, p.shape[1], B))
+    c = np.concatenate(cols, axis=1).transpose(0, 2, 1).astype(np.float32)         # (nblk, B, r)
+    z = c * scale.astype(np.float32)[:, None, :] + mn.astype(np.float32)[:, None, :]
+    return z.reshape(nblk * B, r)
+
+
 def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray, B: int) -> np.ndarray:
     """codes: per width, uint8 (nblk, n_w, B*w/8); scale, mn: f16 (nblk, r); qt: float32 (m, r)
     projected queries -> scores float32 (m, nblk*B) = qt . z for every packed token."""

@@ -65,12 +65,28 @@ class LayerBasis:
         return 2 * (self.mean.size + self.V.size)
 
 
-def compute_basis(keys: np.ndarray, cfg: SVDqConfig, queries: np.ndarray | None = None) -> LayerBasis:
-    """keys: float32 (T, G, D) calibration keys (already grouped per head or per layer).
-    queries: optional float32 (Tq, G, m, D), the queries that read each group, in its D-space
-    (a per-layer basis: each head's query in its KV head's slot, zeros elsewhere). With queries
-    the latent channels are ranked and given bits by their share of the score error,
-    E[k_j^2] * E[q_j^2], not by key energy alone (a channel no query looks at needs no bits)."""
+def query_moment(q: np.ndarray, n_kv: int, per_head: bool) -> tuple[np.ndarray, int]:
+    """Post-RoPE queries q (T, H, d) -> (sum of q q^T in each basis group's space (G, D, D) float64,
+    rows summed). Per head, group g is read by the H/n_kv heads of KV head g; per layer, each head
+    sits in its KV head's slot of D = n_kv*d (zeros elsewhere), so the moment is block-diagonal."""
+    T, H, d = q.shape
+    grp = H // n_kv
+    qg = q.reshape(T, n_kv, grp, d).astype(np.float64)                              # (T, KV, grp, d)
+    blocks = np.einsum("tkmd,tkme->kde", qg, qg)                                     # (KV, d, d)
+    if per_head:
+        return blocks, T * grp
+    M = np.zeros((1, n_kv * d, n_kv * d))
+    for kv in range(n_kv):
+        M[0, kv * d:(kv + 1) * d, kv * d:(kv + 1) * d] = blocks[kv]
+    return M, T * H
+
+
+def compute_basis(keys: np.ndarray, cfg: SVDqConfig, q_moment: np.ndarray | None = None) -> LayerBasis:
+    """keys: float32 (T, G, D) keys (already grouped per head or per layer).
+    q_moment: optional (G, D, D) mean of q q^T over the queries that read each group, in its
+    D-space (query_moment). With it the latent channels are ranked and given bits by their share
+    of the score error, E[k_j^2] * E[q_j^2], not by key energy alone (a channel no query looks at
+    needs no bits)."""
     T, G, D = keys.shape
     means, Vs, sig, imps = [], [], [], []
     for g in range(G):
@@ -82,9 +98,8 @@ def compute_basis(keys: np.ndarray, cfg: SVDqConfig, queries: np.ndarray | None 
         Vfull[:, :vt.shape[0]] = vt.T
         sg = s / np.sqrt(max(T, 1))
         imp = sg ** 2
-        if queries is not None:
-            qt = queries[:, g].reshape(-1, D).astype(np.float64) @ Vfull                 # (Tq*m, D)
-            imp = imp * np.mean(qt * qt, axis=0)
+        if q_moment is not None:
+            imp = imp * np.einsum("dj,de,ej->j", Vfull, q_moment[g], Vfull)            # E[(q.v_j)^2]
             order = np.argsort(-imp, kind="stable")
             Vfull, sg, imp = Vfull[:, order], sg[order], imp[order]
         means.append(mu)

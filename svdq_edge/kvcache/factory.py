@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import SvdqError
 from .base import CacheSpec
-from .basis import compute_basis, load_bases, save_bases
+from .basis import compute_basis, load_bases, query_moment, save_bases
 from .dense import DenseCache, QuantCache
 from .svdq import SVDqCache
 from .svdq_config import SVDqConfig, parse_bits
@@ -37,7 +37,9 @@ def _dense(spec: CacheSpec, ctk: str, ctv: str):
 def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
     if opts.ctk != "svdq":
         return [_dense(s, opts.ctk, opts.ctv) for s in specs]
-    bases = model_bases(model, opts.svdq)
+    # a prompt basis is fitted inside each cache to its first keys: no calibration
+    bases = (model_bases(model, opts.svdq) if opts.svdq.basis_source == "calibrated"
+             else [None] * len(specs))
     # sliding-window layers (gemma3 local) hold at most `window` tokens: they stay dense f16
     return [SVDqCache(s, bases[s.layer], opts.svdq) if s.window is None else _dense(s, "f16", opts.ctv)
             for s in specs]
@@ -79,20 +81,6 @@ def collect_keys(model, ids: list[int], pre_rope: bool, progress=None, queries: 
     return out
 
 
-def group_queries(q: np.ndarray, n_kv: int, per_head: bool) -> np.ndarray:
-    """Post-RoPE queries (T, H, d) -> (T, G, m, D) in each basis group's space: per head, the
-    H/n_kv heads that read KV head g; per layer, every head in its KV head's slot of D = n_kv*d."""
-    T, H, d = q.shape
-    grp = H // n_kv
-    if per_head:
-        return q.reshape(T, n_kv, grp, d)
-    out = np.zeros((T, 1, H, n_kv * d), np.float32)
-    for h in range(H):
-        kv = h // grp
-        out[:, 0, h, kv * d:(kv + 1) * d] = q[:, h]
-    return out
-
-
 def basis_path(model, cfg: SVDqConfig) -> Path:
     return model.cache_dir / f"svdq-basis-{_basis_key(model, cfg)}.npz"
 
@@ -117,8 +105,11 @@ def model_bases(model, cfg: SVDqConfig) -> list:
             continue
         k = keys[i]
         k = k if cfg.per_head else k.reshape(k.shape[0], 1, -1)
-        q = None if queries is None else group_queries(queries[i], a.n_kv, cfg.per_head)
-        bases.append(compute_basis(k, cfg, q))
+        qm = None
+        if queries is not None:
+            M, n = query_moment(queries[i], a.n_kv, cfg.per_head)
+            qm = M / n
+        bases.append(compute_basis(k, cfg, qm))
     tmp = path.with_suffix(".tmp.npz")
     save_bases(tmp, bases)
     tmp.replace(path)
@@ -141,6 +132,11 @@ def add_cli_flags(p) -> None:
     p.add_argument("--svdq-block", type=int, default=SVDqConfig.block, help="tokens per scale block")
     p.add_argument("--svdq-rope", choices=["post", "pre"], default="post", help="basis of post- or pre-RoPE keys")
     p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-layer")
+    p.add_argument("--svdq-basis-source", choices=["calibrated", "prompt"], default=SVDqConfig.basis_source,
+                   help="basis from the calibration text (cached per model) or fitted to the first "
+                        "--svdq-prompt-tokens keys of the conversation")
+    p.add_argument("--svdq-prompt-tokens", type=int, default=SVDqConfig.prompt_tokens,
+                   help="prompt basis: keys held in f16 before the basis is fitted to them")
     p.add_argument("--svdq-rank", choices=["scores", "keys"], default="scores",
                    help="rank latent channels (and give bits) by score error, key x query energy, or by key energy")
     p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: a count, or a fraction < 1")
@@ -156,7 +152,8 @@ def options_from_args(args) -> CacheOptions:
     try:
         cfg = SVDqConfig(bits=parse_bits(args.svdq_bits), budget=args.svdq_budget, block=args.svdq_block,
                          window=args.svdq_window, sinks=args.svdq_sinks, pre_rope=args.svdq_rope == "pre",
-                         per_head=args.svdq_basis == "per-head", topk=args.svdq_topk, rank_by=args.svdq_rank)
+                         per_head=args.svdq_basis == "per-head", topk=args.svdq_topk, rank_by=args.svdq_rank,
+                         basis_source=args.svdq_basis_source, prompt_tokens=args.svdq_prompt_tokens)
         cfg.validate()
     except ValueError as e:
         raise SvdqError(str(e)) from None

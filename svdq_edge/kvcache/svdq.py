@@ -12,7 +12,7 @@ import numpy as np
 from .. import kernels
 from ..kernels import svdq_ref
 from .base import CacheSpec
-from .basis import LayerBasis
+from .basis import LayerBasis, compute_basis, query_moment, schedule_widths
 from .svdq_config import SVDqConfig
 
 
@@ -23,9 +23,27 @@ class SVDqCache:
         H, KV, d = spec.n_head, spec.n_kv, spec.head_dim
         self.G = KV if cfg.per_head else 1
         self.D = d if cfg.per_head else KV * d
-        if basis.mean.shape != (self.G, self.D):
-            raise ValueError(f"layer {spec.layer}: basis is {basis.mean.shape}, cache needs ({self.G}, {self.D})")
         self.B = cfg.block
+        self.nblk = 0
+        self.win_start = cfg.sinks                                # position of the first window token
+        self._cap_blk = 0
+        self._cap_tok = 0
+        self.kfull = np.empty((0, KV, d), np.float16)             # (cap_tok, KV, d) sinks + window keys, by position
+        self.v = np.empty((0, KV, d), np.float16)                 # (cap_tok, KV, d)
+        # prompt basis: nothing is packed until `prompt_tokens` keys are held; then the basis is
+        # fitted to them (ranked by the queries seen so far) and the backlog is flushed
+        self.pending = basis is None
+        self._qsum = np.zeros((self.G, self.D, self.D)) if self.pending else None   # (G, D, D) sum of q q^T
+        self._qn = 0
+        if not self.pending:
+            self._set_basis(basis)
+
+    def _set_basis(self, basis: LayerBasis) -> None:
+        if basis.mean.shape != (self.G, self.D):
+            raise ValueError(f"layer {self.spec.layer}: basis is {basis.mean.shape}, cache needs ({self.G}, {self.D})")
+        if self.nblk:
+            raise ValueError("the SVDq basis cannot change once blocks are packed")
+        self.basis = basis
         self.counts = svdq_ref.width_counts(basis.widths)
         self.r = basis.r
         # basis kept as f16 (accounted) and a float32 working copy of the same values
@@ -34,16 +52,21 @@ class SVDqCache:
         self.Vf = self.V16.astype(np.float32)
         self.basis_nbytes = self.V16.nbytes + self.mu16.nbytes
         self.muf = self.mu16.astype(np.float32)
-        self.nblk = 0
-        self.win_start = cfg.sinks                                # position of the first window token
         self._cap_blk = 0
-        self._cap_tok = 0
         self.codes = [np.empty((self.G, 0, n, self.B * w // 8), np.uint8)
                       for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (G, cap_blk, n_w, B*w/8)
         self.scale = np.empty((self.G, 0, self.r), np.float16)    # (G, cap_blk, r)
         self.mn = np.empty((self.G, 0, self.r), np.float16)       # (G, cap_blk, r)
-        self.kfull = np.empty((0, KV, d), np.float16)             # (cap_tok, KV, d) sinks + window keys, by position
-        self.v = np.empty((0, KV, d), np.float16)                 # (cap_tok, KV, d)
+        self.pending = False
+        self._qsum = None
+
+    def _fit_prompt_basis(self) -> None:
+        """Fit the basis to the keys held (every key past the sinks) and the queries seen."""
+        S = self.cfg.sinks
+        n = self.offset - self.win_start
+        k = self._group(self.kfull[S:S + n].astype(np.float32))                   # (n, G, D)
+        qm = self._qsum / self._qn if self._qn else None
+        self._set_basis(compute_basis(k, self.cfg, qm))
 
     # -- storage ----------------------------------------------------------------------------------
     def _grow(self, arr, cap, axis=0):
@@ -92,6 +115,10 @@ class SVDqCache:
     def _flush(self) -> None:
         """Move whole blocks from the window into packed codes, keeping >= window tokens."""
         S, B = self.cfg.sinks, self.B
+        if self.pending:
+            if self.offset - self.win_start < self.cfg.prompt_tokens:
+                return
+            self._fit_prompt_basis()
         while self.offset - self.win_start - B >= self.cfg.window:
             rows = slice(S, S + B)
             k = self.kfull[rows].astype(np.float32)                        # (B, KV, d)
@@ -182,6 +209,10 @@ class SVDqCache:
         win_pos = np.arange(self.win_start, self.win_start + n_win)
         if self.cfg.pre_rope:
             kf = self.spec.rope.apply_at(kf, np.concatenate([np.arange(S), win_pos]))
+        if self.pending and self.cfg.rank_by == "scores" and not self.cfg.pre_rope:
+            M, rows_ = query_moment(q, KV, self.cfg.per_head)
+            self._qsum += M
+            self._qn += rows_
         qg = q.reshape(n, KV, grp, d)
         s_full = np.einsum("nkgd,tkd->nkgt", qg, kf, optimize=True).reshape(n, H, -1)   # (n, H, S+win)
         # scores by position: sinks | packed | window
@@ -242,7 +273,15 @@ def k_nbytes(c, at: int | None = None) -> int:
     S, B, W = c.cfg.sinks, c.B, c.cfg.window
     T = c.offset if at is None else at
     nblk = c.nblk if at is None else max(0, (T - S - W) // B)
+    full = (T - nblk * B) * c.spec.n_kv * c.spec.head_dim * 2
+    if getattr(c, "pending", False):
+        # prompt basis not fitted yet: only f16 keys are held; a projection counts a full-rank
+        # basis and the code budget (the fit keeps codes + scales + minima within it)
+        if at is None:
+            return full
+        w = schedule_widths(c.cfg.bits, c.D) if c.cfg.bits is not None else None
+        bits = (w.sum() + 0.5 * np.count_nonzero(w)) / c.D if w is not None else c.cfg.budget
+        return int(np.ceil(nblk * B * c.G * c.D * bits / 8)) + full + 2 * c.G * c.D * (c.D + 1)
     codes = sum(nblk * c.G * n * (B * w // 8) for w, n in zip(svdq_ref.PACK_WIDTHS, c.counts))
     sm = 2 * nblk * c.G * c.r * 2
-    full = (T - nblk * B) * c.spec.n_kv * c.spec.head_dim * 2
     return codes + sm + full + c.basis_nbytes

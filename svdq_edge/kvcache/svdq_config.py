@@ -22,7 +22,8 @@ class SVDqConfig:
     sinks: int = 4                 # first tokens kept in f16
     pre_rope: bool = False         # basis of pre-RoPE keys (rebuild + rotate per token) vs post-RoPE
     per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)
-    basis_source: str = "calibrated"   # calibrated | prompt
+    basis_source: str = "calibrated"   # calibrated (from the calibration text) | prompt (fitted to the first keys)
+    prompt_tokens: int = 1024      # prompt basis: keys held in f16 before the basis is fitted to them
     rank_by: str = "scores"        # latent channels ranked by score error (key x query energy; post-RoPE only) | keys
     topk: float | None = None      # token sparsity: int count or fraction of packed tokens
 
@@ -47,7 +48,10 @@ class SVDqConfig:
         if self.sinks < 0:
             raise ValueError(f"--svdq-sinks {self.sinks}: must be >= 0")
         if self.basis_source not in ("calibrated", "prompt"):
-            raise ValueError(f"--svdq-basis {self.basis_source}: expected calibrated or prompt")
+            raise ValueError(f"--svdq-basis-source {self.basis_source}: expected calibrated or prompt")
+        if self.basis_source == "prompt" and self.prompt_tokens < 2 * self.block:
+            raise ValueError(f"--svdq-prompt-tokens {self.prompt_tokens}: a prompt basis needs at least "
+                             f"2 blocks ({2 * self.block} tokens) of keys to fit")
         if self.rank_by not in ("scores", "keys"):
             raise ValueError(f"--svdq-rank {self.rank_by}: expected scores or keys")
         if self.topk is not None and self.topk <= 0:
