@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 from . import SvdqError
 
@@ -229,9 +230,10 @@ def cmd_calibrate(args):
     opts = options_from_args(args)
     if opts.ctk != "svdq":
         raise SvdqError(f"calibrate: -ctk {opts.ctk} has no basis (only svdq does)")
-    if opts.svdq.basis_source != "calibrated":
+    if opts.svdq.basis_source == "prompt":
         raise SvdqError("calibrate: --svdq-basis-source prompt fits its basis to each conversation's "
                         "first keys; there is nothing to calibrate")
+    opts = replace(opts, svdq=replace(opts.svdq, basis_source="calibrated"))   # auto: what the GPU uses
     path = resolve(args.model_flag)
     m = Model(path, n_ctx=args.ctx_size, cache_options=CacheOptions(ctk="f16"), threads=args.threads)
     bp = basis_path(m, opts.svdq)

@@ -20,7 +20,11 @@ def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def perplexity(model, text: str, n_ctx: int, max_chunks: int = -1, progress: bool = True,
-               on_chunk=None) -> dict:
+               on_scored=None) -> dict:
+    """on_scored(i, pos, logits, chunk): called per prefill batch of chunk i with the logits
+    (m, V) of the scored positions pos..pos+m-1 (the whole chunk's logits are never held: at 16k
+    tokens and a 262k vocabulary they would be 17 GB)."""
+    from .model import N_BATCH
     tk = model.tokenizer
     tokens = tk.encode(text, parse_special=False)
     add_bos = tk.add_bos
@@ -37,16 +41,23 @@ def perplexity(model, text: str, n_ctx: int, max_chunks: int = -1, progress: boo
         if add_bos:
             chunk[0] = tk.bos_id
         model.reset()
-        logits = model.feed(chunk, all_logits=True)                     # (n_ctx, V)
-        tgt = np.asarray(chunk[first + 1:], dtype=np.int64)
-        lp = log_softmax_at(logits[first:n_ctx - 1], tgt)
-        top1_hits += int(np.sum(np.argmax(logits[first:n_ctx - 1], axis=1) == tgt))
-        nll -= lp.sum()
-        nll2 += np.sum(lp * lp)
-        count += len(tgt)
+        # batches of N_BATCH from position 0, as llama-perplexity's -b; logits only where scored
+        for s in range(0, n_ctx, N_BATCH):
+            e = min(s + N_BATCH, n_ctx)
+            logits = model.feed(chunk[:e], all_logits=e > first)                  # (e - s, V) when scored
+            lo, hi = max(s, first), min(e, n_ctx - 1)
+            if hi <= lo:
+                continue
+            rows = logits[lo - s:hi - s]                                          # positions lo..hi-1
+            tgt = np.asarray(chunk[lo + 1:hi + 1], dtype=np.int64)
+            lp = log_softmax_at(rows, tgt)
+            top1_hits += int(np.sum(np.argmax(rows, axis=1) == tgt))
+            nll -= lp.sum()
+            nll2 += np.sum(lp * lp)
+            count += len(tgt)
+            if on_scored is not None:
+                on_scored(i, lo, rows, chunk)
         running.append(math.exp(nll / count))
-        if on_chunk is not None:
-            on_chunk(i, logits, chunk)
         if progress:
             print(f"[{i + 1}]{running[-1]:.4f}", end="," if i + 1 < n_chunk else "\n",
                   file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import FIXTURES, loaded, model_file
 from svdq_edge.kvcache.factory import CacheOptions
+from svdq_edge.kvcache.svdq_config import SVDqConfig
 from svdq_edge.perplexity import perplexity
 
 F16 = CacheOptions(ctk="f16")
@@ -66,15 +67,21 @@ def test_chat_reuses_the_cache_between_turns():
     assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
 
 
-def test_svdq_cache_close_to_f16_on_real_model():
+@pytest.mark.parametrize("source", ["calibrated", "prompt"])
+def test_svdq_cache_close_to_f16_on_real_model(source):
     text = (FIXTURES / "pride_ch1_15.txt").read_text()
-    f16 = perplexity(loaded("qwen", n_ctx=512, cache_options=F16), text, 512, 2, progress=False)
-    m = loaded("qwen", n_ctx=512)
-    sv = perplexity(m, text, 512, 2, progress=False)
+    # 1024 tokens = two 512-token batches: the scored second batch attends to the packed first one
+    # (a batch's own keys are appended whole and packed at the next append); a prompt basis is
+    # fitted to the first batch's keys here (prompt_tokens 128; 1024 by default)
+    f16 = perplexity(loaded("qwen", n_ctx=1024, cache_options=F16), text, 1024, 1, progress=False)
+    cfg = SVDqConfig(basis_source=source, prompt_tokens=128)
+    m = loaded("qwen", n_ctx=1024, cache_options=CacheOptions(ctk="svdq", svdq=cfg))
+    sv = perplexity(m, text, 1024, 1, progress=False)
     assert abs(sv["ppl"] / f16["ppl"] - 1) < 0.02, (sv["ppl"], f16["ppl"])
-    # the calibrated bases really carry the keys: code bits spend most of the budget (an all-zero
-    # allocation once passed the perplexity check above, since at 512 tokens the window dominates)
+    # the bases really carry the keys: blocks are packed and code bits spend most of the budget
+    # (an all-zero allocation once passed the perplexity check above: at 512 tokens the window dominates)
     for c in m.model.caches:
+        assert not c.pending and c.nblk >= (512 - c.cfg.sinks - c.cfg.window) // c.B, (c.spec.layer, c.nblk)
         spent = float(c.basis.widths.sum() + 0.5 * c.r) / c.D
         assert 0.8 * c.cfg.budget <= spent <= c.cfg.budget, (c.spec.layer, spent)
 
@@ -113,9 +120,9 @@ def test_teacher_forced_top1_agrees_with_llama_cpp_as_well_as_llama_cpp_does(key
     n_chunks, first = 2, ref["first"]
     ours_top, dlp, margins = [], [], []
 
-    def on_chunk(i, logits, chunk):
+    def on_scored(i, pos, ours, chunk):
+        assert pos == first and ours.shape[0] == 511 - first     # one 512-token batch per chunk
         c = ref["chunks"][i]
-        ours = logits[first:511]
         theirs = np.asarray(c["argmax"])
         lp = ours - ours.max(1, keepdims=True)
         lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
@@ -124,7 +131,7 @@ def test_teacher_forced_top1_agrees_with_llama_cpp_as_well_as_llama_cpp_does(key
         margins.extend((lp.max(1) - lp[np.arange(len(theirs)), theirs])[~agree])
         dlp.extend(lp[np.arange(len(ours)), chunk[first + 1:]] - np.asarray(c["logprob_next"]))
 
-    perplexity(m, text, 512, n_chunks, progress=False, on_chunk=on_chunk)
+    perplexity(m, text, 512, n_chunks, progress=False, on_scored=on_scored)
     ours_top = np.concatenate(ours_top)
     tops = {k: np.concatenate(v[:n_chunks]) for k, v in runs.items()}
     names = list(tops)

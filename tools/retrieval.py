@@ -79,13 +79,13 @@ def run(a):
                     ok = c["answer"] in out
                     kbits = sum(x.k_bits_per_elem() for x in m.model.caches if x.spec.window is None)
                     kbits /= max(1, sum(1 for x in m.model.caches if x.spec.window is None))
-                    row = {"cache": cache, "length": L, "tokens": len(ids), "kind": kind, "seed": seed,
+                    row = {"cache": cache, "svdq": repr(m.cache_options.svdq) if cache == "svdq" else None, "length": L, "tokens": len(ids), "kind": kind, "seed": seed,
                            "ok": ok, "answer": c["answer"], "output": out.strip()[:40],
                            "k_bits": round(kbits, 3), "kv_mib": round(m.kv_nbytes() / 2**20, 2),
                            "seconds": round(time.time() - t0, 1)}
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    out = ROOT / "tools" / "results" / f"retrieval_{a.model}.json"
+    out = ROOT / "tools" / "results" / f"retrieval_{a.model}{a.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(sys.argv), "results": results}, indent=1))
 
@@ -97,4 +97,5 @@ if __name__ == "__main__":
     ap.add_argument("--caches", default="f16,svdq")
     ap.add_argument("--kinds", default="needle,multikey,vartrack")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--tag", default="", help="suffix of the output file name")
     run(ap.parse_args())

@@ -138,7 +138,7 @@ def summarize(res):
 
 
 def cmd_quality(a):
-    from svdq_edge.perplexity import perplexity, log_softmax_at
+    from svdq_edge.perplexity import perplexity
     path = resolve(a.model)
     text = TEXT.read_text()
     configs = [("f16", CacheOptions(ctk="f16"))]
@@ -156,20 +156,20 @@ def cmd_quality(a):
     rows = []
     for name, opts in configs:
         m = Model(path, n_ctx=a.ctx, cache_options=opts)
-        store = {}
-        t0 = time.time()
-        res = perplexity(m, text, a.ctx, a.chunks, progress=False,
-                         on_chunk=lambda i, lg, ch: store.__setitem__(i, lg[a.ctx // 2:a.ctx - 1].astype(np.float32)))
         kld, top1 = [], []
-        for i, lg in store.items():
-            lp = lg - lg.max(1, keepdims=True)
+
+        def on_scored(i, pos, lg, chunk, name=name):
+            lp = lg.astype(np.float32)
+            lp -= lp.max(1, keepdims=True)
             lp -= np.log(np.exp(lp).sum(1, keepdims=True))
             if name == "f16":
-                base_lp[i] = lp
+                base_lp[(i, pos)] = lp.astype(np.float16)        # baseline log-probs, f16 to fit 16k x 262k
             else:
-                b = base_lp[i]
-                kld.append(float(np.mean(np.sum(np.exp(b) * (b - lp), axis=1))))
-                top1.append(float(np.mean(b.argmax(1) == lp.argmax(1))))
+                b = base_lp[(i, pos)].astype(np.float32)
+                kld.extend(np.sum(np.exp(b) * (b - lp), axis=1).tolist())          # per scored token
+                top1.extend((b.argmax(1) == lp.argmax(1)).tolist())
+        t0 = time.time()
+        res = perplexity(m, text, a.ctx, a.chunks, progress=False, on_scored=on_scored)
         caches = m.model.caches
         kbits = float(np.mean([c.k_bits_per_elem(at=a.ctx) for c in caches if c.spec.window is None]))
         row = {"config": name, "ppl": res["ppl"], "ppl_vs_f16": None, "kld": float(np.mean(kld)) if kld else 0.0,

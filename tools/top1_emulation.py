@@ -94,17 +94,17 @@ if os.environ.get("REF"):
 m = loaded(key, n_ctx=512, cache_options=CacheOptions(ctk="f16"))
 text = (FIXTURES / "pride_ch1_15.txt").read_text()
 hits = total = 0; margins = []; DL=[]; TOP=[]; LPN=[]
-def on_chunk(i, logits, chunk):
+def on_scored(i, pos, ours, chunk):
     global hits, total
     c = refj["chunks"][i]; first = refj["first"]
-    ours = logits[first:511]; theirs = np.asarray(c["argmax"])
+    theirs = np.asarray(c["argmax"])
     lp = ours - ours.max(1, keepdims=True); lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
     agree = ours.argmax(1) == theirs
     hits += int(agree.sum()); total += len(theirs)
     dl = lp[np.arange(len(ours)), chunk[first + 1:]] - np.asarray(c['logprob_next']); DL.extend(dl.tolist()); TOP.extend(ours.argmax(1).tolist()); LPN.extend(lp[np.arange(len(ours)), chunk[first + 1:]].tolist())
     margins.extend((lp.max(1) - lp[np.arange(len(theirs)), theirs])[~agree])
 t = time.time()
-perplexity(m, text, 512, int(sys.argv[3]) if len(sys.argv) > 3 else 2, progress=False, on_chunk=on_chunk)
+perplexity(m, text, 512, int(sys.argv[3]) if len(sys.argv) > 3 else 2, progress=False, on_scored=on_scored)
 print(key, MODE, f"agree {hits}/{total} = {hits/total:.4f}", "margins", np.round(sorted(margins), 4).tolist()[:40], f"{time.time()-t:.0f}s")
 
 DL=np.array(DL); print('dlp abs mean %.4f  p50 %.4f p90 %.4f p99 %.4f max %.4f' % (np.abs(DL).mean(), *np.percentile(np.abs(DL),[50,90,99]), np.abs(DL).max()))

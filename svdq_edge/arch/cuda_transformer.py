@@ -40,7 +40,7 @@ def check_device(device: str, cache_options) -> str:
         if o.ctk not in ("svdq", "f16") or o.ctv != "f16":
             raise SvdqError(f"--device cuda: -ctk {o.ctk} -ctv {o.ctv} is not supported on the GPU "
                             f"(use -ctk svdq or f16 with -ctv f16)")
-        if o.ctk == "svdq" and (o.svdq.pre_rope or o.svdq.topk is not None or o.svdq.basis_source != "calibrated"):
+        if o.ctk == "svdq" and (o.svdq.pre_rope or o.svdq.topk is not None or o.svdq.basis_source == "prompt"):
             raise SvdqError("--device cuda: the GPU SVDq cache supports the calibrated post-RoPE basis "
                             "without --svdq-topk (drop --svdq-rope pre / --svdq-topk / --svdq-basis-source prompt)")
     return device

@@ -12,35 +12,32 @@ from .svdq_config import SVDqConfig
 # of 64 tokens, svdq_ref.quantize_block's ranges; between the Gaussian and Laplace figures
 # measured there). Width 0 drops the channel: its error is its variance.
 ERR_FRACTION = {0: 1.0, 1: 0.42, 2: 0.15, 4: 0.011, 8: 4e-5}
-UP = {0: (1, 2, 4, 8), 1: (2, 4, 8), 2: (4, 8), 4: (8,), 8: ()}
 
 
 def fit_widths(var: np.ndarray, budget_bits: float, overhead_bits: float = 0.5) -> np.ndarray:
-    """Greedy marginal allocation with look-ahead: var (D,) channel variances sorted descending
-    -> widths (D,) from {0,1,2,4,8}, non-increasing, with sum(width + overhead for used
-    channels) <= budget*D. Each round takes the move (one channel to any wider width) with the
-    largest error reduction per bit. overhead_bits: scale+min cost per used channel per token
-    (2 x f16 per block of 64 = 0.5)."""
+    """Greedy marginal allocation: var (D,) channel variances sorted descending -> widths (D,)
+    from {0,1,2,4,8}, non-increasing, with sum(width + overhead for used channels) <= budget*D.
+    Each round takes the move (one channel to any wider width) with the largest error reduction
+    per bit; ties go to the earlier channel, then the narrower width. overhead_bits: scale+min
+    cost per used channel per token (2 x f16 per block of 64 = 0.5). Vectorized over the (D, 4)
+    candidate moves: it runs when a prompt basis is fitted, mid-prefill."""
     D = var.shape[0]
+    var = np.asarray(var, np.float64)
+    cand = np.array([1, 2, 4, 8])                                  # (4,) target widths
+    err = np.array([ERR_FRACTION.get(x, 0.0) for x in range(9)])  # (9,) error fraction by width
     w = np.zeros(D, np.int64)
     left = budget_bits * D
     while True:
-        best, best_j, best_w, best_cost = 0.0, -1, 0, 0.0
-        for j in range(D):
-            cur = int(w[j])
-            for nw in UP[cur]:
-                if j > 0 and nw > w[j - 1]:
-                    break                                   # keep widths non-increasing
-                cost = nw - cur + (overhead_bits if cur == 0 else 0.0)
-                if cost > left:
-                    break
-                gain = var[j] * (ERR_FRACTION[cur] - ERR_FRACTION[nw]) / cost
-                if gain > best:
-                    best, best_j, best_w, best_cost = gain, j, nw, cost
-        if best_j < 0:
+        prev = np.concatenate([[8], w[:-1]])                       # widths must not increase
+        cost = cand[None, :] - w[:, None] + np.where(w == 0, overhead_bits, 0.0)[:, None]   # (D, 4)
+        ok = (cand[None, :] > w[:, None]) & (cand[None, :] <= prev[:, None]) & (cost <= left)
+        gain = np.where(ok, var[:, None] * (err[w][:, None] - err[cand][None, :]) / np.where(ok, cost, 1.0), 0.0)
+        i = int(np.argmax(gain))
+        if gain.flat[i] <= 0.0:
             return w
-        w[best_j] = best_w
-        left -= best_cost
+        j, c = divmod(i, 4)
+        w[j] = cand[c]
+        left -= cost[j, c]
 
 
 def schedule_widths(bits: tuple, D: int) -> np.ndarray:
@@ -92,14 +89,14 @@ def compute_basis(keys: np.ndarray, cfg: SVDqConfig, q_moment: np.ndarray | None
     for g in range(G):
         k = keys[:, g, :].astype(np.float64)
         mu = k.mean(axis=0)
-        _, s, vt = np.linalg.svd(k - mu, full_matrices=False)
-        s = np.concatenate([s, np.zeros(D - s.shape[0])])
-        Vfull = np.zeros((D, D))
-        Vfull[:, :vt.shape[0]] = vt.T
-        sg = s / np.sqrt(max(T, 1))
+        kc = k - mu
+        ev, Vfull = np.linalg.eigh(kc.T @ kc)                  # right singular vectors of kc (D x D)
+        order = np.argsort(-ev, kind="stable")
+        ev, Vfull = np.clip(ev[order], 0.0, None), Vfull[:, order]
+        sg = np.sqrt(ev / max(T, 1))                           # latent standard deviations
         imp = sg ** 2
         if q_moment is not None:
-            imp = imp * np.einsum("dj,de,ej->j", Vfull, q_moment[g], Vfull)            # E[(q.v_j)^2]
+            imp = imp * np.sum(Vfull * (q_moment[g] @ Vfull), axis=0)                 # E[(q.v_j)^2]
             order = np.argsort(-imp, kind="stable")
             Vfull, sg, imp = Vfull[:, order], sg[order], imp[order]
         means.append(mu)
