@@ -207,19 +207,13 @@ def _softmax_av_blas(s, v, n, H):
 
 
 def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """scores float32 (n, H, T) with -inf where masked, v float16 (T, KV, d) -> (n, H, d)."""
+    """scores float32 (n, H, T) with -inf where masked (may be overwritten), v float16 (T, KV, d)
+    -> (n, H, d)."""
     n, H, T = scores.shape
-    if n >= BATCH_QUERIES:
-        KV = v.shape[1]
-        s = np.ascontiguousarray(scores.reshape(n, KV, H // KV, T).transpose(1, 0, 2, 3)).reshape(KV, -1, T)
-        return _softmax_av_blas(s, v, n, H)
     mod = backend()
-    if hasattr(mod, "softmax_av_f16"):
+    if n < BATCH_QUERIES and hasattr(mod, "softmax_av_f16"):
         return mod.softmax_av_f16(np.ascontiguousarray(scores, np.float32), v)
-    n, H, T = scores.shape
+    # prefill batches, and every call on a backend without the kernel (numpy)
     KV = v.shape[1]
-    s = scores - scores.max(axis=2, keepdims=True)
-    p = np.exp(s)
-    p /= p.sum(axis=2, keepdims=True)
-    pg = p.reshape(n, KV, H // KV, T)
-    return np.einsum("nkgt,tkd->nkgd", pg, v.astype(np.float32), optimize=True).reshape(n, H, -1).astype(np.float32)
+    s = np.ascontiguousarray(scores.reshape(n, KV, H // KV, T).transpose(1, 0, 2, 3), np.float32).reshape(KV, -1, T)
+    return _softmax_av_blas(s, v, n, H)
