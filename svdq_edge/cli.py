@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 
 from . import SvdqError
 
@@ -233,7 +232,6 @@ def cmd_calibrate(args):
     if opts.svdq.basis_source == "prompt":
         raise SvdqError("calibrate: --svdq-basis-source prompt fits its basis to each conversation's "
                         "first keys; there is nothing to calibrate")
-    opts = replace(opts, svdq=replace(opts.svdq, basis_source="calibrated"))   # auto: what the GPU uses
     path = resolve(args.model_flag)
     m = Model(path, n_ctx=args.ctx_size, cache_options=CacheOptions(ctk="f16"), threads=args.threads)
     bp = basis_path(m, opts.svdq)

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,6 @@ class Model:
         else:
             self.model = Transformer(self.args, self.weights, n_ctx)
         self.cache_options = cache_options or CacheOptions()
-        self.cache_options = replace(self.cache_options, svdq=self.cache_options.svdq.for_device(self.device))
         self.tokens: list[int] = []
         self.last_reused = 0
         self._make_caches()

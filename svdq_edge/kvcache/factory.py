@@ -38,7 +38,7 @@ def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
     if opts.ctk != "svdq":
         return [_dense(s, opts.ctk, opts.ctv) for s in specs]
     # a prompt basis is fitted inside each cache to its first keys: no calibration
-    bases = (model_bases(model, opts.svdq) if opts.svdq.basis_source in ("calibrated", "auto")
+    bases = (model_bases(model, opts.svdq) if opts.svdq.basis_source == "calibrated"
              else [None] * len(specs))
     # sliding-window layers (gemma3 local) hold at most `window` tokens: they stay dense f16
     return [SVDqCache(s, bases[s.layer], opts.svdq) if s.window is None else _dense(s, "f16", opts.ctv)
@@ -132,9 +132,9 @@ def add_cli_flags(p) -> None:
     p.add_argument("--svdq-block", type=int, default=SVDqConfig.block, help="tokens per scale block")
     p.add_argument("--svdq-rope", choices=["post", "pre"], default="post", help="basis of post- or pre-RoPE keys")
     p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-layer")
-    p.add_argument("--svdq-basis-source", choices=["auto", "calibrated", "prompt"], default=SVDqConfig.basis_source,
+    p.add_argument("--svdq-basis-source", choices=["calibrated", "prompt"], default=SVDqConfig.basis_source,
                    help="basis from the calibration text (cached per model), or fitted to the first "
-                        "--svdq-prompt-tokens keys of the conversation; auto: prompt on the CPU, calibrated on the GPU")
+                        "--svdq-prompt-tokens keys of the conversation (CPU only)")
     p.add_argument("--svdq-prompt-tokens", type=int, default=SVDqConfig.prompt_tokens,
                    help="prompt basis: keys held in f16 before the basis is fitted to them")
     p.add_argument("--svdq-rank", choices=["scores", "keys"], default="scores",

@@ -1,7 +1,7 @@
 """SVDq K-cache configuration: bit schedule, basis choices, window, sparsity. Validated at start."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 WIDTHS = (8, 4, 2, 1, 0)
 # named schedules: widths for 8 equal groups of latent channels in singular-value order
@@ -22,9 +22,9 @@ class SVDqConfig:
     sinks: int = 4                 # first tokens kept in f16
     pre_rope: bool = False         # basis of pre-RoPE keys (rebuild + rotate per token) vs post-RoPE
     per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)
-    # calibrated (from the calibration text) | prompt (fitted to the first keys) | auto (prompt on
-    # the CPU, calibrated on the GPU). Calibrated stays the default: the prompt basis is 3x better
-    # in-sample at 2k but not out of sample at 8k on Gemma (RESULTS.md 2.2.2)
+    # calibrated (from the calibration text) | prompt (fitted to the first keys). Calibrated is the
+    # default: the prompt basis is 3x better in-sample at 2k but not out of sample at 8k on Gemma
+    # (RESULTS.md 2.2.2)
     basis_source: str = "calibrated"
     prompt_tokens: int = 1024      # prompt basis: keys held in f16 before the basis is fitted to them
     rank_by: str = "scores"        # latent channels ranked by score error (key x query energy; post-RoPE only) | keys
@@ -50,21 +50,15 @@ class SVDqConfig:
                              "a block could not be flushed whole")
         if self.sinks < 0:
             raise ValueError(f"--svdq-sinks {self.sinks}: must be >= 0")
-        if self.basis_source not in ("auto", "calibrated", "prompt"):
-            raise ValueError(f"--svdq-basis-source {self.basis_source}: expected auto, calibrated or prompt")
-        if self.basis_source != "calibrated" and self.prompt_tokens < 2 * self.block:
+        if self.basis_source not in ("calibrated", "prompt"):
+            raise ValueError(f"--svdq-basis-source {self.basis_source}: expected calibrated or prompt")
+        if self.basis_source == "prompt" and self.prompt_tokens < 2 * self.block:
             raise ValueError(f"--svdq-prompt-tokens {self.prompt_tokens}: a prompt basis needs at least "
                              f"2 blocks ({2 * self.block} tokens) of keys to fit")
         if self.rank_by not in ("scores", "keys"):
             raise ValueError(f"--svdq-rank {self.rank_by}: expected scores or keys")
         if self.topk is not None and self.topk <= 0:
             raise ValueError(f"--svdq-topk {self.topk}: must be > 0 (a count, or a fraction below 1)")
-
-    def for_device(self, device: str) -> "SVDqConfig":
-        """Resolve basis_source auto: prompt on the CPU, calibrated on the GPU."""
-        if self.basis_source != "auto":
-            return self
-        return replace(self, basis_source="calibrated" if device == "cuda" else "prompt")
 
     @property
     def nominal_bits(self) -> float:
