@@ -52,3 +52,31 @@ class RoPE:
             out[..., 0::2] = a * c - b * s
             out[..., 1::2] = a * s + b * c
         return out
+
+    def offsets(self, n: int, count: int, span: int) -> np.ndarray:
+        """count offsets spread over [0, span - n] (within the table): where n vectors seen at
+        positions p are moved to p + o by spread."""
+        hi = max(0, min(span, self.n_ctx) - n)
+        return np.unique(np.linspace(0, hi, max(1, count)).astype(np.int64))
+
+    def spread(self, x: np.ndarray, offs: np.ndarray) -> np.ndarray:
+        """Post-RoPE x (n, heads, head_dim) at positions p -> (len(offs)*n, heads, head_dim): the
+        same vectors as they would be at p + o for each offset (R(o) R(p) = R(o + p), a constant
+        rotation). A post-RoPE basis fitted to keys seen at positions 0..n covers only those
+        rotation phases; its slow-rotating channels drift out of it at long context unless it
+        is fitted to spread keys."""
+        n = x.shape[0]
+        return np.concatenate([self.apply_at(x, np.full(n, o, np.int64)) for o in offs])
+
+    def spread_moment(self, M: np.ndarray, offs: np.ndarray) -> np.ndarray:
+        """(G, D, D) second moments of post-RoPE vectors (D = m*head_dim, m heads side by side)
+        -> the mean over offsets of R(o) M R(o)^T: the moment of the spread vectors."""
+        G, D, _ = M.shape
+        m = D // self.head_dim
+        out = np.zeros_like(M)
+        for o in offs:
+            pos = np.full(D, o, np.int64)
+            for g in range(G):
+                rot = lambda X: self.apply_at(X.reshape(D, m, self.head_dim), pos).reshape(D, D)
+                out[g] += rot(rot(M[g]).T)                                        # R M R^T
+        return out / len(offs)

@@ -235,6 +235,23 @@ def test_fitted_widths_respect_budget_and_order():
     assert w[0] >= 4 and w[-1] == 0                # leading channels wide, the tail dropped
 
 
+def test_joint_widths_share_the_budget_across_layers():
+    """(L, D) importances: one budget for all rows, spent where the score error is; a quiet layer
+    gives bits to a loud one and the total error drops against a per-layer split."""
+    from svdq_edge.kvcache.basis import ERR_FRACTION
+    D = 64
+    var = np.stack([10.0 * 0.8 ** np.arange(D), 0.01 * 0.8 ** np.arange(D)])     # (2, D)
+    W = fit_widths(var, 1.5, overhead_bits=0.25)
+    used = W.sum() + 0.25 * np.count_nonzero(W)
+    assert 0.9 * 1.5 * 2 * D <= used <= 1.5 * 2 * D
+    assert np.all(np.diff(W, axis=1) <= 0)
+    assert W[0].sum() > W[1].sum()
+    per = np.stack([fit_widths(v, 1.5, overhead_bits=0.25) for v in var])
+    err = lambda w: float(np.sum(var * np.vectorize(ERR_FRACTION.get)(w)))
+    assert err(W) < 0.8 * err(per)
+    assert np.array_equal(fit_widths(var[0], 1.5), fit_widths(var[:1], 1.5)[0])   # 1-D == one row
+
+
 @pytest.mark.parametrize("width,max_frac", [(1, 0.45), (2, 0.16), (4, 0.012)])
 def test_quantized_latent_error_beats_dropping(width, max_frac):
     """Coded at `width`, a Gaussian latent channel keeps error well below its variance (what
@@ -251,7 +268,7 @@ def test_quantized_latent_error_beats_dropping(width, max_frac):
 @pytest.mark.parametrize("kw,msg", [(dict(bits=(4, 2, 2, 1, 1, 0, 0)), "8 group widths"),
                                     (dict(bits=(4, 2, 3, 1, 1, 0, 0, 0)), "widths must be in"),
                                     (dict(bits=(1, 2, 2, 1, 1, 0, 0, 0)), "must not increase"),
-                                    (dict(window=32, block=64), "smaller than the block"),
+                                    (dict(window=-1), "must be >= 0"),
                                     (dict(topk=0), "must be > 0")])
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -308,6 +325,26 @@ def test_query_moment_matches_zero_padded_queries():
     np.testing.assert_allclose(Mh[1], np.einsum("thd,the->de", q[:, 3:].astype(np.float64), q[:, 3:].astype(np.float64)), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("neox", [True, False])
+def test_phase_spread_moves_vectors_along_the_context(neox):
+    """rope.spread of post-RoPE vectors at positions p equals RoPE applied at p + o to the
+    pre-RoPE ones; spread_moment equals the second moment of the spread vectors."""
+    rng = np.random.default_rng(5)
+    d, n, KV = 16, 40, 2
+    rope = RoPE(d, 10000.0, 2000, neox)
+    x = rng.standard_normal((n, KV, d)).astype(np.float32)
+    offs = rope.offsets(n + 3, 5, 2000)
+    assert offs[0] == 0 and offs[-1] == 2000 - n - 3 and len(offs) == 5
+    got = rope.spread(rope.apply(x, 3), offs)                                # (5n, KV, d)
+    want = np.concatenate([rope.apply(x, 3 + o) for o in offs])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    post = rope.apply(x, 3).astype(np.float64).reshape(n, 1, KV * d)
+    M = np.einsum("tgd,tge->gde", post, post) / n
+    sp = got.astype(np.float64).reshape(-1, 1, KV * d)
+    np.testing.assert_allclose(rope.spread_moment(M, offs), np.einsum("tgd,tge->gde", sp, sp) / sp.shape[0],
+                               atol=1e-5)
+
+
 def test_prompt_basis_is_fitted_to_the_first_keys_and_then_packs():
     """--svdq-basis-source prompt: keys stay f16 (attention exact) until prompt_tokens are held;
     then the basis is the SVD of exactly those keys, the backlog is packed, and attention is
@@ -331,6 +368,7 @@ def test_prompt_basis_is_fitted_to_the_first_keys_and_then_packs():
     c.append(keys[300:], vals[300:])                                # first flush after 300 held: fit
     assert not c.pending and c.nblk > 0
     held = rope.apply(keys[:300], 0)[cfg.sinks:].astype(np.float16).astype(np.float32)
+    held = rope.spread(held, rope.offsets(300, cfg.spread, 1024))            # over the context's phases
     want = compute_basis(held.reshape(-1, 1, KV * d), cfg)
     np.testing.assert_array_equal(c.basis.widths, want.widths)
     np.testing.assert_allclose(np.abs(c.basis.V), np.abs(want.V), atol=1e-4)

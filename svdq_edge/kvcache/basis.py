@@ -17,27 +17,33 @@ ERR_FRACTION = {0: 1.0, 1: 0.42, 2: 0.15, 4: 0.011, 8: 4e-5}
 def fit_widths(var: np.ndarray, budget_bits: float, overhead_bits: float = 0.5) -> np.ndarray:
     """Greedy marginal allocation: var (D,) channel variances sorted descending -> widths (D,)
     from {0,1,2,4,8}, non-increasing, with sum(width + overhead for used channels) <= budget*D.
+    var may also be (L, D), one row per layer, each row sorted descending: the budget
+    (budget*L*D) is then shared by all rows and goes where it cuts the most error, so a layer
+    whose channels carry little score energy gets fewer bits (widths non-increasing per row).
     Each round takes the move (one channel to any wider width) with the largest error reduction
     per bit; ties go to the earlier channel, then the narrower width. overhead_bits: scale+min
-    cost per used channel per token (2 x f16 per block of 64 = 0.5). Vectorized over the (D, 4)
-    candidate moves: it runs when a prompt basis is fitted, mid-prefill."""
-    D = var.shape[0]
+    cost per used channel per token (2 x f16 per block of B tokens = 32/B). Vectorized over the
+    (L, D, 4) candidate moves: it runs when a prompt basis is fitted, mid-prefill."""
     var = np.asarray(var, np.float64)
+    one = var.ndim == 1
+    var = var[None, :] if one else var                             # (L, D)
+    L, D = var.shape
     cand = np.array([1, 2, 4, 8])                                  # (4,) target widths
     err = np.array([ERR_FRACTION.get(x, 0.0) for x in range(9)])  # (9,) error fraction by width
-    w = np.zeros(D, np.int64)
-    left = budget_bits * D
+    w = np.zeros((L, D), np.int64)
+    left = budget_bits * L * D
     while True:
-        prev = np.concatenate([[8], w[:-1]])                       # widths must not increase
-        cost = cand[None, :] - w[:, None] + np.where(w == 0, overhead_bits, 0.0)[:, None]   # (D, 4)
-        ok = (cand[None, :] > w[:, None]) & (cand[None, :] <= prev[:, None]) & (cost <= left)
-        gain = np.where(ok, var[:, None] * (err[w][:, None] - err[cand][None, :]) / np.where(ok, cost, 1.0), 0.0)
+        prev = np.concatenate([np.full((L, 1), 8), w[:, :-1]], axis=1)                  # (L, D)
+        cost = cand - w[..., None] + np.where(w == 0, overhead_bits, 0.0)[..., None]    # (L, D, 4)
+        ok = (cand > w[..., None]) & (cand <= prev[..., None]) & (cost <= left)
+        gain = np.where(ok, var[..., None] * (err[w][..., None] - err[cand]) / np.where(ok, cost, 1.0), 0.0)
         i = int(np.argmax(gain))
         if gain.flat[i] <= 0.0:
-            return w
-        j, c = divmod(i, 4)
-        w[j] = cand[c]
-        left -= cost[j, c]
+            return w[0] if one else w
+        l, rest = divmod(i, D * 4)
+        j, c = divmod(rest, 4)
+        w[l, j] = cand[c]
+        left -= cost[l, j, c]
 
 
 def schedule_widths(bits: tuple, D: int) -> np.ndarray:
@@ -78,12 +84,27 @@ def query_moment(q: np.ndarray, n_kv: int, per_head: bool) -> tuple[np.ndarray, 
     return M, T * H
 
 
-def compute_basis(keys: np.ndarray, cfg: SVDqConfig, q_moment: np.ndarray | None = None) -> LayerBasis:
+@dataclass
+class Eig:
+    """One layer's decomposition before widths are chosen: per group mean, all D directions in
+    importance order, latent standard deviations, and the importance used to give bits."""
+    mean: np.ndarray      # (G, D)
+    V: np.ndarray         # (G, D, D)
+    sigma: np.ndarray     # (G, D)
+    imp: np.ndarray       # (D,) importance by rank, mean over groups
+
+    def basis(self, widths: np.ndarray) -> LayerBasis:
+        r = max(1, int(np.count_nonzero(widths)))
+        return LayerBasis(self.mean.astype(np.float32), self.V[:, :, :r].astype(np.float32),
+                          self.sigma.astype(np.float32), np.asarray(widths[:r], np.int64))
+
+
+def eig_keys(keys: np.ndarray, q_moment: np.ndarray | None = None) -> Eig:
     """keys: float32 (T, G, D) keys (already grouped per head or per layer).
     q_moment: optional (G, D, D) mean of q q^T over the queries that read each group, in its
     D-space (query_moment). With it the latent channels are ranked and given bits by their share
     of the score error, E[k_j^2] * E[q_j^2], not by key energy alone (a channel no query looks at
-    needs no bits)."""
+    needs no bits); it is then in score units, comparable across layers."""
     T, G, D = keys.shape
     means, Vs, sig, imps = [], [], [], []
     for g in range(G):
@@ -103,13 +124,39 @@ def compute_basis(keys: np.ndarray, cfg: SVDqConfig, q_moment: np.ndarray | None
         Vs.append(Vfull)
         sig.append(sg)
         imps.append(imp)
-    sig = np.asarray(sig)
     # one width layout per layer (all groups alike, so the packed arrays have one shape)
-    var = np.mean(np.asarray(imps), axis=0)
-    w = schedule_widths(cfg.bits, D) if cfg.bits is not None else fit_widths(var, cfg.budget)
-    r = max(1, int(np.count_nonzero(w)))
-    return LayerBasis(np.asarray(means, np.float32), np.asarray([v[:, :r] for v in Vs], np.float32),
-                      sig.astype(np.float32), w[:r].astype(np.int64))
+    return Eig(np.asarray(means), np.asarray(Vs), np.asarray(sig), np.mean(np.asarray(imps), axis=0))
+
+
+def layer_widths(imp: np.ndarray, cfg: SVDqConfig) -> np.ndarray:
+    """Widths (D,) or (L, D) for importances imp of the same shape: the hand schedule, or the
+    allocation fitted at cfg.budget with the scale+min cost of cfg.block."""
+    if cfg.bits is not None:
+        w = schedule_widths(cfg.bits, imp.shape[-1])
+        return np.broadcast_to(w, imp.shape).copy()
+    return fit_widths(imp, cfg.budget, overhead_bits=32.0 / cfg.block)
+
+
+def compute_basis(keys: np.ndarray, cfg: SVDqConfig, q_moment: np.ndarray | None = None) -> LayerBasis:
+    """One layer's basis with its own widths (budget spent within the layer); see eig_keys."""
+    e = eig_keys(keys, q_moment)
+    return e.basis(layer_widths(e.imp, cfg))
+
+
+def compute_bases(eigs: list, cfg: SVDqConfig) -> list:
+    """Bases for several layers (None entries skipped). With cfg.alloc == 'global' the budget is
+    shared across the layers by score error (fit_widths on (L, D)); else each layer gets it."""
+    live = [i for i, e in enumerate(eigs) if e is not None]
+    out = [None] * len(eigs)
+    dims = {eigs[i].imp.shape[0] for i in live}
+    if cfg.alloc == "global" and cfg.bits is None and len(dims) == 1 and live:
+        W = layer_widths(np.stack([eigs[i].imp for i in live]), cfg)                   # (L, D)
+        for row, i in zip(W, live):
+            out[i] = eigs[i].basis(row)
+    else:
+        for i in live:
+            out[i] = eigs[i].basis(layer_widths(eigs[i].imp, cfg))
+    return out
 
 
 def save_bases(path, bases: list) -> None:

@@ -11,14 +11,16 @@ import numpy as np
 
 from .. import SvdqError
 from .base import CacheSpec
-from .basis import compute_basis, load_bases, query_moment, save_bases
+from .basis import compute_bases, eig_keys, load_bases, query_moment, save_bases
 from .dense import DenseCache, QuantCache
 from .svdq import SVDqCache
 from .svdq_config import SVDqConfig, parse_bits
+from ..rope import RoPE
 
 CALIBRATION_TEXT = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 2048
-BASIS_VERSION = 3          # bump when the basis or width fitting changes: old cached bases are refit
+MAX_SPREAD_CTX = 131072    # phase spread of a calibrated basis covers at most this many positions
+BASIS_VERSION = 4          # bump when the basis or width fitting changes: old cached bases are refit
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
 
 
 def _basis_key(model, cfg: SVDqConfig) -> str:
-    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "pre_rope", "per_head", "rank_by")}
+    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "block", "pre_rope", "per_head", "rank_by", "alloc", "spread")}
     h = hashlib.sha256((model.gguf.sha256() + repr(sorted(fields.items())) + str(CALIBRATION_TOKENS) + f"v{BASIS_VERSION}").encode())
     return h.hexdigest()[:20]
 
@@ -98,18 +100,27 @@ def model_bases(model, cfg: SVDqConfig) -> list:
     # dot, so their latent channels do not meet the queries' as they are)
     queries = {} if cfg.rank_by == "scores" and not cfg.pre_rope else None
     keys = collect_keys_progress(model, ids, cfg.pre_rope, queries)
-    bases = []
+    # post-RoPE: keys and queries spread over the rotation phases of the model's whole context
+    # (the global layers' RoPE; sliding-window layers get no basis)
+    rope = None
+    if not cfg.pre_rope and cfg.spread > 1:
+        rope = RoPE(a.head_dim, a.rope_base, min(max(a.n_ctx_train, len(ids)), MAX_SPREAD_CTX),
+                    a.rope_neox, a.rope_scale)
+        offs = rope.offsets(len(ids), cfg.spread, rope.n_ctx)
+    eigs = []
     for i in range(a.n_layer):
         if a.layer_window[i] is not None:
-            bases.append(None)
+            eigs.append(None)
             continue
-        k = keys[i]
+        k = keys[i] if rope is None else rope.spread(keys[i], offs)                   # (T', KV, d)
         k = k if cfg.per_head else k.reshape(k.shape[0], 1, -1)
         qm = None
         if queries is not None:
             M, n = query_moment(queries[i], a.n_kv, cfg.per_head)
-            qm = M / n
-        bases.append(compute_basis(k, cfg, qm))
+            qm = M / n if rope is None else rope.spread_moment(M / n, offs)
+        eigs.append(eig_keys(k, qm))
+    # a global allocation compares importances across layers: only in score units (with queries)
+    bases = compute_bases(eigs, cfg if queries is not None else replace(cfg, alloc="layer"))
     tmp = path.with_suffix(".tmp.npz")
     save_bases(tmp, bases)
     tmp.replace(path)
@@ -139,6 +150,11 @@ def add_cli_flags(p) -> None:
                    help="prompt basis: keys held in f16 before the basis is fitted to them")
     p.add_argument("--svdq-rank", choices=["scores", "keys"], default="scores",
                    help="rank latent channels (and give bits) by score error, key x query energy, or by key energy")
+    p.add_argument("--svdq-alloc", choices=["layer", "global"], default=SVDqConfig.alloc,
+                   help="fitted widths: the budget spent within each layer, or shared by all layers "
+                        "by score error (calibrated basis)")
+    p.add_argument("--svdq-spread", type=int, default=SVDqConfig.spread,
+                   help="post-RoPE basis fitted to keys rotated to this many offsets over the context (1 = as seen)")
     p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: a count, or a fraction < 1")
 
 
@@ -153,7 +169,8 @@ def options_from_args(args) -> CacheOptions:
         cfg = SVDqConfig(bits=parse_bits(args.svdq_bits), budget=args.svdq_budget, block=args.svdq_block,
                          window=args.svdq_window, sinks=args.svdq_sinks, pre_rope=args.svdq_rope == "pre",
                          per_head=args.svdq_basis == "per-head", topk=args.svdq_topk, rank_by=args.svdq_rank,
-                         basis_source=args.svdq_basis_source, prompt_tokens=args.svdq_prompt_tokens)
+                         basis_source=args.svdq_basis_source, prompt_tokens=args.svdq_prompt_tokens,
+                         alloc=args.svdq_alloc, spread=args.svdq_spread)
         cfg.validate()
     except ValueError as e:
         raise SvdqError(str(e)) from None

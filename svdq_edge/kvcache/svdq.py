@@ -64,8 +64,15 @@ class SVDqCache:
         """Fit the basis to the keys held (every key past the sinks) and the queries seen."""
         S = self.cfg.sinks
         n = self.offset - self.win_start
-        k = self._group(self.kfull[S:S + n].astype(np.float32))                   # (n, G, D)
+        k = self.kfull[S:S + n].astype(np.float32)                                # (n, KV, d)
         qm = self._qsum / self._qn if self._qn else None
+        if not self.cfg.pre_rope and self.cfg.spread > 1:
+            # over the rotation phases of the whole context, not only positions S..S+n
+            rope = self.spec.rope
+            offs = rope.offsets(n + S, self.cfg.spread, rope.n_ctx)
+            k = rope.spread(k, offs)
+            qm = rope.spread_moment(qm, offs) if qm is not None else None
+        k = self._group(k)                                                         # (n', G, D)
         self._set_basis(compute_basis(k, self.cfg, qm))
 
     # -- storage ----------------------------------------------------------------------------------
@@ -223,11 +230,13 @@ class SVDqCache:
             scores[:, :, S:S + t_pack] = self._packed_scores(q)
         scores *= np.float32(scale)
         if n > 1:
-            # causal mask (a single decode query sees every stored token)
-            kpos = np.concatenate([np.arange(S), self.cfg.sinks + np.arange(t_pack), win_pos])
-            mask = kpos[None, :] > (q0 + np.arange(n))[:, None]                        # (n, T)
-            if mask.any():
-                scores[np.broadcast_to(mask[:, None, :], scores.shape)] = -np.inf
+            # causal mask (a single decode query sees every stored token). Packed keys were
+            # flushed by an earlier append, so all precede the batch: only sinks and window mask
+            qpos = q0 + np.arange(n)                                                   # (n,)
+            for cols, kpos in ((scores[:, :, :S], np.arange(S)), (scores[:, :, S + t_pack:], win_pos)):
+                mask = kpos[None, :] > qpos[:, None]                                   # (n, t)
+                if mask.any():
+                    cols[np.broadcast_to(mask[:, None, :], cols.shape)] = -np.inf
         if self.cfg.topk is not None and t_pack > 0:
             k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
             if k < t_pack:

@@ -29,6 +29,13 @@ class SVDqConfig:
     prompt_tokens: int = 1024      # prompt basis: keys held in f16 before the basis is fitted to them
     rank_by: str = "scores"        # latent channels ranked by score error (key x query energy; post-RoPE only) | keys
     topk: float | None = None      # token sparsity: int count or fraction of packed tokens
+    # fitted widths: budget spent within each layer, or shared by all layers by score error
+    # (calibrated basis; a prompt basis is fitted layer by layer, so it always spends per layer)
+    alloc: str = "layer"
+    # post-RoPE basis: fitted to the keys (and query moment) rotated to this many offsets spread
+    # over the context, not only the positions they were seen at (1 = as seen). Slow RoPE
+    # channels otherwise leave the basis at long context (RESULTS.md 2.2.3)
+    spread: int = 16
 
     def validate(self) -> None:
         if self.bits is not None:
@@ -45,9 +52,8 @@ class SVDqConfig:
             raise ValueError(f"--svdq-budget {self.budget}: must be in (0, 8]")
         if self.block < 8 or self.block % 8:
             raise ValueError(f"--svdq-block {self.block}: must be a multiple of 8, at least 8")
-        if self.window < self.block:
-            raise ValueError(f"--svdq-window {self.window} is smaller than the block ({self.block}): "
-                             "a block could not be flushed whole")
+        if self.window < 0:
+            raise ValueError(f"--svdq-window {self.window}: must be >= 0")
         if self.sinks < 0:
             raise ValueError(f"--svdq-sinks {self.sinks}: must be >= 0")
         if self.basis_source not in ("calibrated", "prompt"):
@@ -57,6 +63,10 @@ class SVDqConfig:
                              f"2 blocks ({2 * self.block} tokens) of keys to fit")
         if self.rank_by not in ("scores", "keys"):
             raise ValueError(f"--svdq-rank {self.rank_by}: expected scores or keys")
+        if self.spread < 1:
+            raise ValueError(f"--svdq-spread {self.spread}: must be >= 1")
+        if self.alloc not in ("layer", "global"):
+            raise ValueError(f"--svdq-alloc {self.alloc}: expected layer or global")
         if self.topk is not None and self.topk <= 0:
             raise ValueError(f"--svdq-topk {self.topk}: must be > 0 (a count, or a fraction below 1)")
 
