@@ -26,6 +26,7 @@ from svdq_edge.kvcache.factory import CALIBRATION_TEXT, CacheOptions, collect_ke
 from svdq_edge.kvcache.svdq_config import PRESETS, SVDqConfig              # noqa: E402
 from svdq_edge.model import Model                                         # noqa: E402
 from svdq_edge.pull import resolve                                        # noqa: E402
+from svdq_edge.rope import RoPE                                           # noqa: E402
 
 
 def latent_roundtrip(keys, basis, B=64):
@@ -67,6 +68,14 @@ def cmd_spectra(a):
     cal = m.tokenizer.encode(CALIBRATION_TEXT.read_text())[:2048]
     res = {"model": path.name, "tokens": len(ids), "text": TEXT.name, "layers": {}}
     spectra = {}
+    # post-RoPE keys are measured where a long context puts them: the evaluation keys rotated to
+    # 4 offsets over the model's context; the calibrated basis is fitted as the cache fits it
+    # (spread over 16 offsets), and without the spread ("calibrated-as-seen") for comparison
+    a_ = m.args
+    big = RoPE(a_.head_dim, a_.rope_base, min(a_.n_ctx_train, 131072), a_.rope_neox, a_.rope_scale)
+    ev_offs = big.offsets(len(ids), 4, big.n_ctx)
+    cal_offs = big.offsets(len(cal), SVDqConfig.spread, big.n_ctx)
+    res["eval_offsets_post_rope"] = ev_offs.tolist()
     for rope in ("post", "pre"):
         keys = collect_keys(m, ids, pre_rope=rope == "pre")
         ckeys = collect_keys(m, cal, pre_rope=rope == "pre")
@@ -74,9 +83,13 @@ def cmd_spectra(a):
             if m.args.layer_window[i] is not None:
                 continue
             lay = res["layers"].setdefault(str(i), {})
+            sources = {"calibrated": ckeys[i]}
+            if rope == "post":
+                k = big.spread(k, ev_offs)
+                sources = {"calibrated": big.spread(ckeys[i], cal_offs), "calibrated-as-seen": ckeys[i]}
             for grouping in ("per-head", "per-layer"):
                 kk = k if grouping == "per-head" else k.reshape(k.shape[0], 1, -1)
-                ck = ckeys[i] if grouping == "per-head" else ckeys[i].reshape(ckeys[i].shape[0], 1, -1)
+                src_keys = {n: (c if grouping == "per-head" else c.reshape(c.shape[0], 1, -1)) for n, c in sources.items()}
                 D = kk.shape[2]
                 s = np.linalg.svd(kk[:, 0] - kk[:, 0].mean(0), compute_uv=False)
                 e = np.cumsum(s ** 2) / np.sum(s ** 2)
@@ -85,7 +98,7 @@ def cmd_spectra(a):
                 for name, bits in [("1.25", PRESETS["1.25"]), ("2.0", PRESETS["2.0"]), ("auto-1.0", None),
                                    ("auto-1.5", None), ("auto-2.0", None)]:
                     budget = float(name.split("-")[1]) if bits is None else 0
-                    for src, basis_keys in (("calibrated", ck), ("prompt", kk)):
+                    for src, basis_keys in list(src_keys.items()) + [("prompt", kk)]:
                         cfg = SVDqConfig(bits=bits, budget=budget or 1.5, pre_rope=rope == "pre",
                                          per_head=grouping == "per-head")
                         basis = compute_basis(basis_keys, cfg)
@@ -156,6 +169,16 @@ def cmd_quality(a):
     configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]
     base_lp = {}
     rows = []
+    # the f16 run's log-probs can be kept on disk (--reuse-f16 DIR) and reused by later runs on
+    # the same model, text, context and chunks: it is the longest run at 8k/16k
+    reuse = Path(a.reuse_f16) / f"f16_{a.model}_c{a.ctx}_n{a.chunks}" if a.reuse_f16 else None
+    if reuse is not None and (reuse / "row.json").exists():
+        rows.append(json.loads((reuse / "row.json").read_text()))
+        for f in reuse.glob("lp_*.npy"):
+            _, i, pos = f.stem.split("_")
+            base_lp[(int(i), int(pos))] = np.load(f, mmap_mode="r")
+        configs = configs[1:]
+        print(f"f16 baseline reused from {reuse}", file=sys.stderr)
     for name, opts in configs:
         m = Model(path, n_ctx=a.ctx, cache_options=opts)
         kld, top1 = [], []
@@ -179,6 +202,11 @@ def cmd_quality(a):
                "seconds": round(time.time() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
+        if name == "f16" and reuse is not None:
+            reuse.mkdir(parents=True, exist_ok=True)
+            for (i, pos), lp in base_lp.items():
+                np.save(reuse / f"lp_{i}_{pos}.npy", lp)
+            (reuse / "row.json").write_text(json.dumps(row))
     for r in rows:
         r["ppl_vs_f16"] = r["ppl"] / rows[0]["ppl"] - 1
     OUT.mkdir(parents=True, exist_ok=True)
@@ -200,5 +228,6 @@ if __name__ == "__main__":
     ap.add_argument("--configs", default="bits=auto,budget=1.5;bits=1.25;bits=2.0")
     ap.add_argument("--baselines", default="q8_0,q4_0")
     ap.add_argument("--tag", default="", help="suffix of the output file name")
+    ap.add_argument("--reuse-f16", default="", help="directory keeping the f16 baseline's log-probs between runs")
     a = ap.parse_args()
     {"spectra": cmd_spectra, "quality": cmd_quality}[a.what](a)
