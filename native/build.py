@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ["kernels.c"]
-HEADERS = ["svdq_edge.h", "kernels_impl.h", "kernels_neon.h"]
+HEADERS = ["svdq_edge.h", "kernels_impl.h", "kernels_attn.h", "kernels_neon.h"]
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-std=gnu11"]
 
 

@@ -186,7 +186,7 @@ int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int
                 const float *x, long long n, long long k, float *out) {
     int e = check(T, rows, row_bytes, k);
     if (e) return e;
-    if (n <= 0 || n > 64) return -3;      /* decode path: prefill uses dequant panels + BLAS */
+    if (n <= 0) return -3;
     if (T == F32 || T == F16 || T == BF16) {
         PARALLEL_ROWS(rows, BY_PATH(mm_float_rows, w, row_bytes, T, x, n, k, r0, r1, rows, out));
         return 0;
@@ -229,8 +229,8 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
     if (B > 1024) return -3;
     const int64_t r = n8 + n4 + n2 + n1, MQ = 64;           /* queries scored per pass */
     const int nt = svdq_get_threads();
-    /* per-thread scratch: acc (MQ, B) and a (MQ, r) */
-    const size_t per = (size_t)(MQ * B + MQ * r + 1);
+    /* per-thread scratch: base (MQ,) then acc (MQ, B), and a (MQ, r) */
+    const size_t per = (size_t)(MQ + MQ * B + MQ * r + 1);
     float *scratch = (float *)malloc((size_t)nt * per * sizeof(float));
     if (!scratch) return -5;
     PARALLEL_ROWS(nblk, {
@@ -238,7 +238,7 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
         for (int64_t b = r0; b < r1; b++)
             for (int64_t i0 = 0; i0 < m; i0 += MQ)
                 BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt + i0 * r,
-                        m - i0 < MQ ? m - i0 : MQ, B, out + i0 * nblk * B, nblk, acc, acc + MQ * B);
+                        m - i0 < MQ ? m - i0 : MQ, B, out + i0 * nblk * B, nblk, acc, acc + MQ + MQ * B);
     });
     free(scratch);
     return 0;
@@ -251,11 +251,53 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
     return 0;
 }
 
+/* softmax.V for nq queries: work items are (query, KV head, token chunk); each chunk keeps its
+ * own max, sum and (g, d) accumulator, merged here with the factors exp(m_c - M) */
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
                         long long d, long long T, float *out) {
-    if (nq < 0 || T <= 0 || d <= 0 || KV <= 0 || H % KV) return -3;
-    const int64_t g = H / KV, rows = nq * H;
-    PARALLEL_ROWS(rows, for (int64_t r = r0; r < r1; r++)
-        BY_PATH(softmax_av, scores + r * T, v, T, KV, d, (r % H) / g, out + r * d));
+    if (nq < 0 || T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV) return -3;
+    const int64_t g = H / KV, groups = nq * KV;
+    if (groups == 0) return 0;
+    const int nt = svdq_get_threads();
+    int64_t nch = (4 * nt + groups - 1) / groups;           /* chunks per group: work for every thread */
+    if (nch > T / 512) nch = T / 512;                       /* ... of at least 512 tokens */
+    if (nch < 1) nch = 1;
+    const int64_t items = groups * nch;
+    float *acc = (float *)malloc((size_t)(items * g * d) * sizeof(float));   /* (items, g, d) */
+    float *ml = (float *)malloc((size_t)(items * g * 2) * sizeof(float));    /* (items, 2, g) max, sum */
+    int32_t *idx = (int32_t *)malloc((size_t)(groups * T) * sizeof(int32_t)); /* (groups, T) */
+    if (!acc || !ml || !idx) { free(acc); free(ml); free(idx); return -5; }
+    PARALLEL_ROWS(items, for (int64_t it = r0; it < r1; it++) {
+        const int64_t grp = it / nch;           /* (no commas: this is a macro argument) */
+        const int64_t c = it % nch;
+        const int64_t t0 = T * c / nch;
+        const int64_t t1 = T * (c + 1) / nch;
+        const int64_t kv = grp % KV;
+        const int64_t i = grp / KV;
+        BY_PATH(sav_chunk, scores + (i * H + kv * g) * T, g, T, t0, t1, (const uint16_t *)v, KV, d, kv,
+                idx + grp * T + t0, acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
+    });
+    for (int64_t grp = 0; grp < groups; grp++) {
+        const int64_t i = grp / KV, kv = grp % KV;
+        for (int64_t h = 0; h < g; h++) {
+            float M = -INFINITY, L = 0.0f;
+            for (int64_t c = 0; c < nch; c++) { const float mc = ml[(grp * nch + c) * g * 2 + h]; M = mc > M ? mc : M; }
+            float *o = out + (i * H + kv * g + h) * d;
+            for (int64_t e = 0; e < d; e++) o[e] = 0.0f;
+            if (M == -INFINITY) continue;                   /* every token masked: zero output */
+            for (int64_t c = 0; c < nch; c++) {
+                const int64_t it = grp * nch + c;
+                const float mc = ml[it * g * 2 + h];
+                if (mc == -INFINITY) continue;
+                const float f = expf(mc - M);
+                L += f * ml[it * g * 2 + g + h];
+                const float *a = acc + (it * g + h) * d;
+                for (int64_t e = 0; e < d; e++) o[e] += f * a[e];
+            }
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+            for (int64_t e = 0; e < d; e++) o[e] *= inv;
+        }
+    }
+    free(acc); free(ml); free(idx);
     return 0;
 }

@@ -160,10 +160,10 @@ def cmd_quality(a):
         bits = kw.get("bits", "auto")
         cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
                          budget=float(kw.get("budget", 1.5)), pre_rope=kw.get("rope", "post") == "pre",
-                         per_head=kw.get("basis", "per-layer") == "per-head", window=int(kw.get("window", 64)),
+                         per_head=kw.get("basis", "per-layer") == "per-head", window=int(kw.get("window", SVDqConfig.window)),
                          topk=float(kw["topk"]) if "topk" in kw else None, rank_by=kw.get("rank", "scores"),
                          basis_source=kw.get("source", "calibrated"), prompt_tokens=int(kw.get("ptok", 1024)),
-                         block=int(kw.get("block", 64)), sinks=int(kw.get("sinks", 4)),
+                         block=int(kw.get("block", SVDqConfig.block)), sinks=int(kw.get("sinks", 4)),
                          alloc=kw.get("alloc", "layer"), spread=int(kw.get("spread", SVDqConfig.spread)))
         configs.append((spec, CacheOptions(ctk="svdq", svdq=cfg)))
     configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]

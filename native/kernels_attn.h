@@ -1,0 +1,275 @@
+/* Attention kernels, included by kernels_impl.h once per SIMD path (FN names the copy):
+ *   latent_block  packed latent-K scores of one block of B tokens for m projected queries;
+ *   qk_rows       q.k over f16 keys;
+ *   sav_chunk     softmax.V over f16 values for one KV head's g query heads and one token range.
+ * Decode splits the tokens into chunks (flash-decoding): each chunk keeps its own max, sum and
+ * (g, d) accumulator, and svdq_softmax_av_f16 merges them, so every thread has work even when a
+ * layer has one KV head, and each V row is read once for all g heads that share it. */
+
+/* ---- packed latent-K scores ------------------------------------------------------------------ */
+
+/* a (m, r) = qt * scale of block b; base (m) = qt . mn (the minimum's share of every score) */
+static inline void FN(latent_prep)(const float *qt, int64_t m, int64_t r, const uint16_t *scale,
+                                   const uint16_t *mn, int64_t b, float *a, float *base) {
+    for (int64_t i = 0; i < m; i++) {
+        const float *qi = qt + i * r;
+        float s = 0.0f;
+        for (int64_t j = 0; j < r; j++) { a[i * r + j] = qi[j] * h2f(scale[b * r + j]); s += qi[j] * h2f(mn[b * r + j]); }
+        base[i] = s;
+    }
+}
+
+#ifdef SIMD_X86
+/* the codes of 8 consecutive tokens (t8*8 ..) of one channel row p, as floats. Token t sits at
+ * bits w*t (w = 4, 2, 1), so the 8 tokens are the w bytes at t8*w: one word, shifted per lane */
+static inline __m256 FN(codes8)(const uint8_t *p, const int w, int64_t t8) {
+    if (w == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + t8 * 8))));
+    uint32_t x = 0;
+    memcpy(&x, p + t8 * w, (size_t)w);
+    const __m256i sh = _mm256_mullo_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)x), sh), _mm256_set1_epi32((1 << w) - 1));
+    return _mm256_cvtepi32_ps(v);
+}
+
+/* NP (<= 8) queries x 8 tokens, accumulators in registers, channels streamed in width order */
+#define LATENT_WIDTH(W_, CW, NW)                                                                   \
+    for (int64_t c = 0; c < NW; c++, j++) {                                                        \
+        const __m256 x = FN(codes8)(CW + (b * NW + c) * (B * W_ / 8), W_, t8);                     \
+        for (int i = 0; i < NP; i++) acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + i * r + j), x, acc[i]); \
+    }
+static inline __attribute__((always_inline)) void FN(latent_tile)(const uint8_t *c8, const uint8_t *c4,
+        const uint8_t *c2, const uint8_t *c1, int64_t n8, int64_t n4, int64_t n2, int64_t n1,
+        int64_t b, int64_t B, int64_t t8, const float *a, int64_t r, const float *base, const int NP,
+        float *out, int64_t ostride) {
+    __m256 acc[8];
+    for (int i = 0; i < NP; i++) acc[i] = _mm256_set1_ps(base[i]);
+    int64_t j = 0;
+    LATENT_WIDTH(8, c8, n8) LATENT_WIDTH(4, c4, n4) LATENT_WIDTH(2, c2, n2) LATENT_WIDTH(1, c1, n1)
+    for (int i = 0; i < NP; i++) _mm256_storeu_ps(out + i * ostride + t8 * 8, acc[i]);
+}
+#undef LATENT_WIDTH
+#endif
+
+/* One packed block b of B tokens scored for m projected queries: out_i[t] = base_i +
+ * sum_j (qt_ij scale_j) code_j[t]. x86: register tiles of 8 tokens x up to 8 queries; elsewhere
+ * each channel's codes are unpacked once into floats and shared by the m queries (an axpy).
+ * acc: scratch (m, B) floats; a: scratch (m, r). */
+static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t *c2, const uint8_t *c1,
+                             int64_t n8, int64_t n4, int64_t n2, int64_t n1, const uint16_t *scale,
+                             const uint16_t *mn, int64_t b, const float *qt, int64_t m, int64_t B, float *out,
+                             int64_t nblk, float *acc, float *a) {
+    const int64_t r = n8 + n4 + n2 + n1;
+    float *base = acc;                                      /* (m,) in the scratch's first row */
+    FN(latent_prep)(qt, m, r, scale, mn, b, a, base);
+#ifdef SIMD_X86
+    for (int64_t i0 = 0; i0 < m; i0 += 8) {
+        const int64_t np = m - i0 < 8 ? m - i0 : 8;
+        float *o = out + i0 * nblk * B + b * B;
+        for (int64_t t8 = 0; t8 < B / 8; t8++) {
+            switch (np) {   /* a constant NP lets the compiler keep the accumulators in registers */
+            case 1: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 1, o, nblk * B); break;
+            case 2: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 2, o, nblk * B); break;
+            case 3: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 3, o, nblk * B); break;
+            case 4: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 4, o, nblk * B); break;
+            case 5: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 5, o, nblk * B); break;
+            case 6: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 6, o, nblk * B); break;
+            case 7: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 7, o, nblk * B); break;
+            default: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 8, o, nblk * B); break;
+            }
+        }
+    }
+#else
+    float code[1024];
+    float *ac = acc + m;                                    /* (m, B) after base */
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t t = 0; t < B; t++) ac[i * B + t] = base[i];
+    int64_t j = 0;
+    for (int64_t c = 0; c < r; c++, j++) {
+        /* unpack channel j's B codes once */
+        if (c < n8) { const uint8_t *p = c8 + (b * n8 + c) * B;
+            for (int64_t t = 0; t < B; t++) code[t] = (float)p[t]; }
+        else if (c < n8 + n4) { const uint8_t *p = c4 + (b * n4 + (c - n8)) * (B / 2);
+            for (int64_t t = 0; t < B / 2; t++) { code[2 * t] = (float)(p[t] & 15); code[2 * t + 1] = (float)(p[t] >> 4); } }
+        else if (c < n8 + n4 + n2) { const uint8_t *p = c2 + (b * n2 + (c - n8 - n4)) * (B / 4);
+            for (int64_t t = 0; t < B / 4; t++) { uint8_t v = p[t];
+                code[4 * t] = (float)(v & 3); code[4 * t + 1] = (float)((v >> 2) & 3);
+                code[4 * t + 2] = (float)((v >> 4) & 3); code[4 * t + 3] = (float)(v >> 6); } }
+        else { const uint8_t *p = c1 + (b * n1 + (c - n8 - n4 - n2)) * (B / 8);
+            for (int64_t t = 0; t < B; t++) code[t] = (float)((p[t >> 3] >> (t & 7)) & 1); }
+        for (int64_t i = 0; i < m; i++) {
+            const float aj = a[i * r + j];
+            float *o = ac + i * B;
+            for (int64_t t = 0; t < B; t++) o[t] += aj * code[t];
+        }
+    }
+    for (int64_t i = 0; i < m; i++) memcpy(out + i * nblk * B + b * B, ac + i * B, (size_t)B * sizeof(float));
+#endif
+}
+
+/* ---- attention over f16 keys / values (GQA: head h reads KV head h / (H / KV)) ---------------- */
+
+static float FN(dot_f16)(const float *q, const uint16_t *k, int64_t d) {
+#ifdef SIMD_X86
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), acc);
+    float s = FN(hsum8)(acc);
+    for (; i < d; i++) s += q[i] * h2f(k[i]);
+    return s;
+#elif defined(SIMD_NEON)
+    return FN(dot_f16_neon)(q, k, d);
+#else
+    float s = 0.0f;
+    for (int64_t i = 0; i < d; i++) s += q[i] * h2f(k[i]);
+    return s;
+#endif
+}
+
+static void FN(axpy_f16)(float a, const uint16_t *v, float *o, int64_t d) {
+#ifdef SIMD_X86
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))), _mm256_loadu_ps(o + i)));
+    for (; i < d; i++) o[i] += a * h2f(v[i]);
+#elif defined(SIMD_NEON)
+    FN(axpy_f16_neon)(a, v, o, d);
+#else
+    for (int64_t i = 0; i < d; i++) o[i] += a * h2f(v[i]);
+#endif
+}
+
+static void FN(qk_rows)(const float *q, const uint16_t *k, int64_t nq, int64_t H, int64_t KV, int64_t d,
+                        int64_t T, int64_t t0, int64_t t1, float *out) {
+    const int64_t g = H / KV;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t h = 0; h < H; h++)
+                out[(i * H + h) * T + t] = FN(dot_f16)(q + (i * H + h) * d, k + (t * KV + h / g) * d, d);
+}
+
+#ifdef SIMD_X86
+/* exp of 8 floats x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial, 2^n in the
+ * exponent bits; relative error ~1e-7); -inf and anything below -87 give exactly 0 */
+static inline __m256 FN(exp8_neg)(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    const __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+/* acc (G, d) += sum over the n listed tokens of p_h[t] v_t: d in register tiles of 8, the G
+ * accumulators of a tile in registers, each V row converted once for all G heads */
+static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, int64_t T, const int G,
+        const uint16_t *v, int64_t vstride, const int32_t *idx, int64_t n, int64_t d, float *acc) {
+    for (int64_t u0 = 0; u0 < n; u0 += 128) {               /* 128 tokens: V rows stay in L1/L2 across tiles */
+        const int64_t u1 = u0 + 128 < n ? u0 + 128 : n;
+        for (int64_t dc = 0; dc < d; dc += 8) {
+            __m256 a[8];
+            for (int h = 0; h < G; h++) a[h] = _mm256_loadu_ps(acc + h * d + dc);
+            for (int64_t u = u0; u < u1; u++) {
+                const int64_t t = idx[u];
+                const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + t * vstride + dc)));
+                for (int h = 0; h < G; h++) a[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + h * T + t), x, a[h]);
+            }
+            for (int h = 0; h < G; h++) _mm256_storeu_ps(acc + h * d + dc, a[h]);
+        }
+    }
+}
+#endif
+
+/* Tokens [t0, t1) of the g query heads s (g rows, stride T) that share KV head kv: per head the
+ * chunk max m_h and sum l_h of p = exp(s - m_h) (written over s), and acc (g, d) = sum_t p v_t.
+ * V rows are read only for tokens some head gives a nonzero weight (masked or cut by top-k:
+ * -inf). idx: scratch (t1 - t0,). */
+static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1, const uint16_t *v,
+                          int64_t KV, int64_t d, int64_t kv, int32_t *idx, float *acc, float *m, float *l) {
+    for (int64_t h = 0; h < g; h++) {
+        float *row = s + h * T;
+        float mx = -INFINITY;
+        int64_t t = t0;
+#ifdef SIMD_X86
+        __m256 vmx = _mm256_set1_ps(-INFINITY);
+        for (; t + 8 <= t1; t += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(row + t));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+#endif
+        for (; t < t1; t++) mx = row[t] > mx ? row[t] : mx;
+        m[h] = mx;
+        float sum = 0.0f;
+        if (mx == -INFINITY) {                              /* every token masked for this head */
+            for (int64_t t = t0; t < t1; t++) row[t] = 0.0f;
+        } else {
+            t = t0;
+#ifdef SIMD_X86
+            __m256 vs = _mm256_setzero_ps();
+            const __m256 vm = _mm256_set1_ps(mx);
+            for (; t + 8 <= t1; t += 8) {
+                const __m256 e = FN(exp8_neg)(_mm256_sub_ps(_mm256_loadu_ps(row + t), vm));
+                _mm256_storeu_ps(row + t, e);
+                vs = _mm256_add_ps(vs, e);
+            }
+            sum = FN(hsum8)(vs);
+#endif
+            for (; t < t1; t++) { float e = row[t] == -INFINITY ? 0.0f : expf(row[t] - mx); row[t] = e; sum += e; }
+        }
+        l[h] = sum;
+    }
+    int64_t n = 0;                                          /* tokens with a nonzero weight in some head */
+    int64_t t = t0;
+#ifdef SIMD_X86
+    for (; t + 8 <= t1; t += 8) {                           /* 8 at a time: all nonzero is the common case */
+        __m256 nz = _mm256_setzero_ps();
+        for (int64_t h = 0; h < g; h++)
+            nz = _mm256_or_ps(nz, _mm256_cmp_ps(_mm256_loadu_ps(s + h * T + t), _mm256_setzero_ps(), _CMP_NEQ_OQ));
+        const int bits = _mm256_movemask_ps(nz);
+        if (bits == 0xFF) {
+            _mm256_storeu_si256((__m256i *)(idx + n), _mm256_add_epi32(_mm256_set1_epi32((int)t), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+            n += 8;
+        } else {
+            for (int k = 0; k < 8; k++) if (bits >> k & 1) idx[n++] = (int32_t)(t + k);
+        }
+    }
+#endif
+    for (; t < t1; t++) {
+        int any = 0;
+        for (int64_t h = 0; h < g; h++) any |= s[h * T + t] != 0.0f;
+        if (any) idx[n++] = (int32_t)t;
+    }
+    for (int64_t i = 0; i < g * d; i++) acc[i] = 0.0f;
+    const uint16_t *vk = v + kv * d;
+#ifdef SIMD_X86
+    if (d % 8 == 0 && g <= 8) {
+        switch (g) {
+        case 1: FN(av_tile)(s, T, 1, vk, KV * d, idx, n, d, acc); return;
+        case 2: FN(av_tile)(s, T, 2, vk, KV * d, idx, n, d, acc); return;
+        case 3: FN(av_tile)(s, T, 3, vk, KV * d, idx, n, d, acc); return;
+        case 4: FN(av_tile)(s, T, 4, vk, KV * d, idx, n, d, acc); return;
+        case 5: FN(av_tile)(s, T, 5, vk, KV * d, idx, n, d, acc); return;
+        case 6: FN(av_tile)(s, T, 6, vk, KV * d, idx, n, d, acc); return;
+        case 7: FN(av_tile)(s, T, 7, vk, KV * d, idx, n, d, acc); return;
+        default: FN(av_tile)(s, T, 8, vk, KV * d, idx, n, d, acc); return;
+        }
+    }
+#endif
+    for (int64_t u = 0; u < n; u++) {
+        const int64_t t = idx[u];
+        for (int64_t h = 0; h < g; h++) {
+            const float w = s[h * T + t];
+            if (w != 0.0f) FN(axpy_f16)(w, vk + t * KV * d, acc + h * d, d);
+        }
+    }
+}
