@@ -115,6 +115,31 @@ def test_matmul_backends(qtype, n, rows):
         assert err_f < 1.5e-2, (name, err_f)
 
 
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 9, 12, 17])
+def test_native_int8_prefill_tiles(qtype, n):
+    """The int8 kernels called directly (cpu_c.matmul may route prefill to BLAS) on every path, with
+    token counts that hit the 8- and 4-token tiles and their per-token remainder, and k not a
+    multiple of 256 for the 32-value blocks (tails of 4 and 1 blocks): the Q8 oracle within 1e-5."""
+    from svdq_edge.kernels import cpu_c
+    for k in ([256, 896, 640, 224, 32] if LAYOUTS[qtype][0] == 32 else [256, 768]):
+        rows = 37
+        data = random_blocks(qtype, rows, k, 300 + int(qtype) + k)
+        x = np.random.default_rng(n).standard_normal((n, k)).astype(np.float32)
+        q8 = ref.matmul_q8(data, qtype, x)
+        scale = (np.abs(x) @ np.abs(ref.dequantize(data, qtype)).T).max()
+        for p in cpu_c.cpu_paths():
+            out = np.full((n, rows), np.nan, np.float32)
+            cpu_c.set_path(p)
+            try:
+                rc = cpu_c.lib.svdq_matmul(cpu_c._ptr(data, "unsigned char *"), rows, data.shape[1], int(qtype),
+                                           cpu_c._ptr(x, "float *"), n, k, cpu_c._ptr(out, "float *"))
+            finally:
+                cpu_c.set_path(None)
+            assert rc == 0, (p, k, rc)
+            assert np.abs(out - q8).max() / scale < 1e-5, (p, k, np.abs(out - q8).max() / scale)
+
+
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
 def test_get_rows_exact(qtype):
     data = random_blocks(qtype, 21, 256, 7 + int(qtype))

@@ -71,6 +71,11 @@ def _check_out(out: np.ndarray, shape) -> None:
 
 
 PREFILL_MIN_TOKENS = 4
+# weight types whose AVX2 / AVX-512 int8 kernels tile tokens (native/kernels_impl.h, mm_rows_tiled):
+# Q8_0, Q5_0, Q4_K, Q6_K. Their prefill stays on the int8 kernels, which measured faster than
+# dequantized panels + BLAS; the other types and the scalar / NEON paths keep BLAS.
+PREFILL_TILED = {8, 6, 12, 14}
+PREFILL_INT8 = True             # False: every type through BLAS (for comparisons)
 PANEL_BYTES = 64 << 20          # dequantized weight panel for batched prefill (f32)
 _scratch: dict = {}             # name -> reusable buffer, grown on demand (allocate once)
 
@@ -87,7 +92,7 @@ def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None
     n, k = x.shape
     _check_out(out, (n, rows))
     x = np.ascontiguousarray(x, np.float32)
-    if n >= PREFILL_MIN_TOKENS:
+    if n >= PREFILL_MIN_TOKENS and not (PREFILL_INT8 and qtype in PREFILL_TILED and _tiled_path()):
         # batched prefill: dequantize W in panels of whole rows (most matrices in one panel) into a
         # reused buffer and let BLAS multiply all tokens: outT (rows, n) = W_panel @ x.T
         step = max(16, min(rows, PANEL_BYTES // (4 * k)))
@@ -103,6 +108,10 @@ def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None
         return
     _ok(lib.svdq_matmul(_ptr(data, "unsigned char *"), rows, rb, qtype, _ptr(x, "float *"), n, k,
                         _ptr(out, "float *")), "matmul")
+
+
+def _tiled_path() -> bool:
+    return lib.svdq_active_path() in (PATHS["avx2"], PATHS["avx512"])
 
 
 def get_rows(data: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:
