@@ -174,15 +174,21 @@ static inline __m256 FN(exp8_neg)(__m256 x) {
  * accumulators of a tile in registers, each V row converted once for all G heads */
 static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, int64_t T, const int G,
         const uint16_t *v, int64_t vstride, const int32_t *idx, int64_t n, int64_t d, float *acc) {
+    float wt[128 * 8];                                      /* (128, G) the tile's weights, token-major */
     for (int64_t u0 = 0; u0 < n; u0 += 128) {               /* 128 tokens: V rows stay in L1/L2 across tiles */
         const int64_t u1 = u0 + 128 < n ? u0 + 128 : n;
+        /* the G rows of p lie T floats apart (often a power of two: cache-set conflicts), so the
+         * tile's weights are gathered once into wt */
+        for (int64_t u = u0; u < u1; u++)
+            for (int h = 0; h < G; h++) wt[(u - u0) * G + h] = p[h * T + idx[u]];
         for (int64_t dc = 0; dc < d; dc += 8) {
             __m256 a[8];
             for (int h = 0; h < G; h++) a[h] = _mm256_loadu_ps(acc + h * d + dc);
             for (int64_t u = u0; u < u1; u++) {
                 const int64_t t = idx[u];
                 const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + t * vstride + dc)));
-                for (int h = 0; h < G; h++) a[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + h * T + t), x, a[h]);
+                const float *w = wt + (u - u0) * G;
+                for (int h = 0; h < G; h++) a[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + h), x, a[h]);
             }
             for (int h = 0; h < G; h++) _mm256_storeu_ps(acc + h * d + dc, a[h]);
         }
