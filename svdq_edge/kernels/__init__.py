@@ -151,6 +151,18 @@ def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarra
     return mod.score(codes, scale, mn, widths, qt, block)
 
 
+def scores_f16(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Raw GQA scores q float32 (n, H, d) . k float16 (T, KV, d) -> float32 (n, H, T): the native
+    kernel reads f16 directly for a few queries; batches (and backends without it) use matmul."""
+    n, H, d = q.shape
+    T, KV, _ = k.shape
+    mod = backend()
+    if n < BATCH_QUERIES and hasattr(mod, "qk_f16"):
+        return mod.qk_f16(q, np.ascontiguousarray(k))
+    qg = q.reshape(n, KV, H // KV, d)
+    return np.matmul(qg, k.astype(np.float32).transpose(1, 2, 0)).reshape(n, H, T)
+
+
 def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_pos0: int, k_pos0: int,
                   window: int | None) -> np.ndarray:
     """Causal (optionally sliding-window) GQA attention over f16 keys/values.

@@ -148,24 +148,23 @@ class SVDqCache:
             self.win_start += B
 
     # -- attention --------------------------------------------------------------------------------
-    def _packed_scores(self, q: np.ndarray) -> np.ndarray:
-        """q: (n, H, d) post-RoPE -> scores (n, H, nblk*B) of the packed tokens (unscaled)."""
+    def _packed_scores(self, q: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """q: (n, H, d) post-RoPE -> out (n, H, nblk*B): scores of the packed tokens."""
         n, H, d = q.shape
         KV = self.spec.n_kv
         grp = H // KV
-        out = np.empty((n, H, self.nblk * self.B), np.float32)
         if self.nblk == 0:
             return out
         if not self.cfg.per_head and not self.cfg.pre_rope:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
             r = self.r
             qg4 = q.reshape(n, KV, grp, d)                                          # (n, KV, grp, d)
-            qt = np.einsum("nkgd,kdr->nkgr", qg4, self.Vf[0].reshape(KV, d, r)).reshape(n * H, r)
-            base = np.einsum("nkgd,kd->nkg", qg4, self.muf[0].reshape(KV, d)).reshape(n * H)
+            qt = np.matmul(qg4, self.Vf[0].reshape(KV, d, r)).reshape(n * H, r)     # (n*H, r)
+            base = np.matmul(qg4, self.muf[0].reshape(KV, d, 1)).reshape(n * H, 1)  # (n*H, 1)
             sc = kernels.svdq_score([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
                                     self.mn[0, :self.nblk], self.basis.widths, qt, self.B)  # (n*H, nblk*B)
-            sc += base[:, None]
-            return sc.reshape(n, H, -1)
+            np.add(sc.reshape(n, H, -1), base.reshape(n, H, 1), out=out)           # one pass: + q.mu, placed
+            return out
         for g in range(self.G):
             heads = range(g * grp, (g + 1) * grp) if self.cfg.per_head else range(H)
             hs = list(heads)
@@ -211,24 +210,25 @@ class SVDqCache:
         q0 = self.offset - n
         t_pack = self.nblk * self.B
         n_win = max(0, self.offset - self.win_start)
-        rows = np.r_[0:S, self.cfg.sinks:self.cfg.sinks + n_win]
-        kf = self.kfull[rows].astype(np.float32)                                      # (S+win, KV, d)
+        # sink rows [0, S) and window rows from cfg.sinks on: one slice once all sinks are held
+        rows = slice(0, S + n_win) if S == self.cfg.sinks else np.r_[0:S, self.cfg.sinks:self.cfg.sinks + n_win]
         win_pos = np.arange(self.win_start, self.win_start + n_win)
-        if self.cfg.pre_rope:
-            kf = self.spec.rope.apply_at(kf, np.concatenate([np.arange(S), win_pos]))
         if self.pending and self.cfg.rank_by == "scores" and not self.cfg.pre_rope:
             M, rows_ = query_moment(q, KV, self.cfg.per_head)
             self._qsum += M
             self._qn += rows_
-        qg = q.reshape(n, KV, grp, d)
-        s_full = np.einsum("nkgd,tkd->nkgt", qg, kf, optimize=True).reshape(n, H, -1)   # (n, H, S+win)
+        q = q * np.float32(scale)                                                     # scores come out scaled
+        if self.cfg.pre_rope:
+            kf = self.spec.rope.apply_at(self.kfull[rows].astype(np.float32), np.concatenate([np.arange(S), win_pos]))
+            s_full = np.matmul(q.reshape(n, KV, grp, d), kf.transpose(1, 2, 0)).reshape(n, H, -1)
+        else:
+            s_full = kernels.scores_f16(q, self.kfull[rows])                          # (n, H, S+win)
         # scores by position: sinks | packed | window
         scores = np.empty((n, H, S + t_pack + n_win), np.float32)                      # (n, H, T)
         scores[:, :, :S] = s_full[:, :, :S]
         scores[:, :, S + t_pack:] = s_full[:, :, S:]
         if t_pack:
-            scores[:, :, S:S + t_pack] = self._packed_scores(q)
-        scores *= np.float32(scale)
+            self._packed_scores(q, out=scores[:, :, S:S + t_pack])
         if n > 1:
             # causal mask (a single decode query sees every stored token). Packed keys were
             # flushed by an earlier append, so all precede the batch: only sinks and window mask
