@@ -163,6 +163,18 @@ def scores_f16(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.matmul(qg, k.astype(np.float32).transpose(1, 2, 0)).reshape(n, H, T)
 
 
+def svdq_scorer(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, block: int):
+    """svdq_score with the packed blocks fixed (they change only when a block is flushed):
+    returns qt -> scores. On the native backend a decode step skips the checks and pointer setup."""
+    fast = backend().PackedScorer(codes, scale, mn, block) if backend_name() == "c" else None
+
+    def run(qt: np.ndarray) -> np.ndarray:
+        if fast is None or qt.shape[0] >= BATCH_QUERIES:
+            return svdq_score(codes, scale, mn, widths, qt, block)
+        return fast(qt)
+    return run
+
+
 def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_pos0: int, k_pos0: int,
                   window: int | None) -> np.ndarray:
     """Causal (optionally sliding-window) GQA attention over f16 keys/values.

@@ -122,26 +122,41 @@ def get_rows(data: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> 
                           _ptr(ids, "long long *"), ids.shape[0], _ptr(out, "float *")), "get_rows")
 
 
+class PackedScorer:
+    """The native latent-score call for a fixed set of packed blocks: shape checks and buffer
+    pointers are done once, so a decode step pays only for the query and the output."""
+
+    def __init__(self, codes: list, scale: np.ndarray, mn: np.ndarray, B: int):
+        nblk = scale.shape[0]
+        cs = [np.ascontiguousarray(c) for c in codes]
+        for c, w in zip(cs, (8, 4, 2, 1)):
+            if c.shape[0] != nblk or c.shape[2] != B * w // 8:
+                raise ValueError(f"codes for width {w} have shape {c.shape}, expected ({nblk}, n, {B * w // 8})")
+        self.r = sum(c.shape[1] for c in cs)
+        if scale.shape != (nblk, self.r) or mn.shape != (nblk, self.r):
+            raise ValueError("scale/min shapes do not match the codes")
+        sc = np.ascontiguousarray(scale).view(np.uint16)
+        m_ = np.ascontiguousarray(mn).view(np.uint16)
+        self._keep = (cs, sc, m_)                           # the pointers below point into these
+        self.nblk, self.B = nblk, B
+        self._args = (*[_ptr(c, "unsigned char *") for c in cs], *[c.shape[1] for c in cs],
+                      _ptr(sc, "unsigned short *"), _ptr(m_, "unsigned short *"), nblk)
+
+    def __call__(self, qt: np.ndarray) -> np.ndarray:
+        qt = np.ascontiguousarray(qt, np.float32)
+        out = np.empty((qt.shape[0], self.nblk * self.B), np.float32)
+        if self.nblk == 0:
+            return out
+        if qt.ndim != 2 or qt.shape[1] != self.r:
+            raise ValueError(f"queries {qt.shape} do not match r={self.r}")
+        _ok(lib.svdq_latent_score(*self._args, _ptr(qt, "float *"), qt.shape[0], self.B, _ptr(out, "float *")),
+            "latent score")
+        return out
+
+
 def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths, qt: np.ndarray, B: int) -> np.ndarray:
     """SVDq packed latent-K scores (contract of svdq_ref.score)."""
-    nblk = scale.shape[0]
-    qt = np.ascontiguousarray(qt, np.float32)
-    out = np.empty((qt.shape[0], nblk * B), np.float32)
-    if nblk == 0:
-        return out
-    cs = [np.ascontiguousarray(c) for c in codes]
-    for c, w in zip(cs, (8, 4, 2, 1)):
-        if c.shape[0] != nblk or c.shape[2] != B * w // 8:
-            raise ValueError(f"codes for width {w} have shape {c.shape}, expected ({nblk}, n, {B * w // 8})")
-    r = sum(c.shape[1] for c in cs)
-    if scale.shape != (nblk, r) or mn.shape != (nblk, r) or qt.shape[1] != r:
-        raise ValueError("scale/min/query shapes do not match the codes")
-    sc = np.ascontiguousarray(scale).view(np.uint16)
-    m_ = np.ascontiguousarray(mn).view(np.uint16)
-    _ok(lib.svdq_latent_score(*[_ptr(c, "unsigned char *") for c in cs], *[c.shape[1] for c in cs],
-                              _ptr(sc, "unsigned short *"), _ptr(m_, "unsigned short *"), nblk,
-                              _ptr(qt, "float *"), qt.shape[0], B, _ptr(out, "float *")), "latent score")
-    return out
+    return PackedScorer(codes, scale, mn, B)(qt)
 
 
 def set_threads(n: int) -> None:

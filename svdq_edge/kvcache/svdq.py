@@ -52,6 +52,12 @@ class SVDqCache:
         self.Vf = self.V16.astype(np.float32)
         self.basis_nbytes = self.V16.nbytes + self.mu16.nbytes
         self.muf = self.mu16.astype(np.float32)
+        # per-layer basis: each KV head's rows of V and mu side by side, so one matmul of the
+        # queries gives their latent projections and q.mu
+        KV, d = self.spec.n_kv, self.spec.head_dim
+        self.Vmu = (np.concatenate([self.Vf[0].reshape(KV, d, self.r), self.muf[0].reshape(KV, d, 1)], axis=2)
+                    if self.G == 1 else None)                # (KV, d, r+1)
+        self._scorer = None
         self._cap_blk = 0
         self.codes = [np.empty((self.G, 0, n, self.B * w // 8), np.uint8)
                       for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (G, cap_blk, n_w, B*w/8)
@@ -143,6 +149,7 @@ class SVDqCache:
                 self.scale[g, self.nblk] = s
                 self.mn[g, self.nblk] = m
             self.nblk += 1
+            self._scorer = None
             nwin = self.offset - self.win_start - B
             self.kfull[S:S + nwin] = self.kfull[S + B:S + B + nwin]
             self.win_start += B
@@ -158,12 +165,12 @@ class SVDqCache:
         if not self.cfg.per_head and not self.cfg.pre_rope:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
             r = self.r
-            qg4 = q.reshape(n, KV, grp, d)                                          # (n, KV, grp, d)
-            qt = np.matmul(qg4, self.Vf[0].reshape(KV, d, r)).reshape(n * H, r)     # (n*H, r)
-            base = np.matmul(qg4, self.muf[0].reshape(KV, d, 1)).reshape(n * H, 1)  # (n*H, 1)
-            sc = kernels.svdq_score([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
-                                    self.mn[0, :self.nblk], self.basis.widths, qt, self.B)  # (n*H, nblk*B)
-            np.add(sc.reshape(n, H, -1), base.reshape(n, H, 1), out=out)           # one pass: + q.mu, placed
+            qm = np.matmul(q.reshape(n, KV, grp, d), self.Vmu).reshape(n * H, r + 1)  # (n*H, r+1): q V | q.mu
+            if self._scorer is None:            # the packed blocks changed (flush): set the kernel up again
+                self._scorer = kernels.svdq_scorer([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
+                                                   self.mn[0, :self.nblk], self.basis.widths, self.B)
+            sc = self._scorer(qm[:, :r])                                           # (n*H, nblk*B)
+            np.add(sc.reshape(n, H, -1), qm[:, r:].reshape(n, H, 1), out=out)      # one pass: + q.mu, placed
             return out
         for g in range(self.G):
             heads = range(g * grp, (g + 1) * grp) if self.cfg.per_head else range(H)
