@@ -125,6 +125,20 @@ static inline __m256i FN(hsum8x8_epi32)(const __m256i *d) {
  * Q4_K: term_j = d sc_j dot_j - dmin mn_j S_j, S_j the activation code sum of sub-block j.
  * Q6_K: unsigned codes v = q + 32 through maddubs, the int8 16-value scales through madd, and
  * the offset 32 sum_h sc_h S_h per sub-block from the activation sums. */
+/* a Q4_K superblock's 8 six-bit scales and mins as floats (ggml's utmp/kmask unpacking) */
+static inline void FN(q4k_scales)(const uint8_t *o, __m256 *scf, __m256 *mnf) {
+    uint32_t u[4];
+    memcpy(u, o + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    const uint32_t mn03 = u[1] & 0x3f3f3f3fu;
+    u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    u[2] = mn03;
+    u[0] &= 0x3f3f3f3fu;
+    const __m128i smv = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
+    *scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(smv));
+    *mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(smv, 8)));
+}
+
 static inline __m256 FN(sb_q4k)(const uint8_t *o, const int8_t *xb, const __m256 sf) {
     const __m256i m4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
     __m256i dot[8];
@@ -135,17 +149,8 @@ static inline __m256 FN(sb_q4k)(const uint8_t *o, const int8_t *xb, const __m256
         dot[2 * g] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, m4), x0), ones16);
         dot[2 * g + 1] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), x1), ones16);
     }
-    /* the 8 six-bit scales (bytes 0-7) and mins (bytes 8-15), unpacked as in ggml's utmp/kmask */
-    uint32_t u[4];
-    memcpy(u, o + 4, 12);
-    u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-    const uint32_t mn03 = u[1] & 0x3f3f3f3fu;
-    u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-    u[2] = mn03;
-    u[0] &= 0x3f3f3f3fu;
-    const __m128i smv = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
-    const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(smv));
-    const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(smv, 8)));
+    __m256 scf, mnf;
+    FN(q4k_scales)(o, &scf, &mnf);
     const __m256 tot = _mm256_cvtepi32_ps(FN(hsum8x8_epi32)(dot));
     __m256 v = _mm256_mul_ps(_mm256_mul_ps(scf, _mm256_set1_ps(_cvtsh_ss(rd16(o)))), tot);
     return _mm256_fnmadd_ps(_mm256_mul_ps(mnf, _mm256_set1_ps(_cvtsh_ss(rd16(o + 2)))), sf, v);
@@ -334,17 +339,10 @@ static inline __attribute__((always_inline)) void FN(tile_q4k)(const uint8_t *ro
             qb[2 * g] = _mm256_and_si256(q, m4);
             qb[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
         }
-        uint32_t u[4];                     /* scales and mins as in sb_q4k */
-        memcpy(u, o + 4, 12);
-        u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-        const uint32_t mn03 = u[1] & 0x3f3f3f3fu;
-        u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-        u[2] = mn03;
-        u[0] &= 0x3f3f3f3fu;
-        const __m128i smv = _mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]);
-        const __m256 scd = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(smv)), _mm256_set1_ps(_cvtsh_ss(rd16(o))));
-        const __m256 mnd = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(smv, 8))),
-                                         _mm256_set1_ps(_cvtsh_ss(rd16(o + 2))));
+        __m256 scf, mnf;                   /* scales and mins as in sb_q4k */
+        FN(q4k_scales)(o, &scf, &mnf);
+        const __m256 scd = _mm256_mul_ps(scf, _mm256_set1_ps(_cvtsh_ss(rd16(o))));
+        const __m256 mnd = _mm256_mul_ps(mnf, _mm256_set1_ps(_cvtsh_ss(rd16(o + 2))));
         for (int t = 0; t < nt; t++) {
             const int8_t *xb = xt + t * k + 256 * i;
             __m256i dot[8];
