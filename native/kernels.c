@@ -237,11 +237,80 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
         float *acc = scratch + (size_t)thread_id() * per;
         for (int64_t b = r0; b < r1; b++)
             for (int64_t i0 = 0; i0 < m; i0 += MQ)
-                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt + i0 * r,
-                        m - i0 < MQ ? m - i0 : MQ, B, out + i0 * nblk * B, nblk, acc, acc + MQ + MQ * B);
+                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt + i0 * r, r, NULL,
+                        m - i0 < MQ ? m - i0 : MQ, B, out + i0 * nblk * B, nblk * B, acc, acc + MQ + MQ * B);
     });
     free(scratch);
     return 0;
+}
+
+/* k-th largest of x (n,) by quickselect on the scratch copy w (n,) */
+static float kth_largest(const float *x, int64_t n, int64_t k, float *w) {
+    memcpy(w, x, (size_t)n * sizeof(float));
+    int64_t lo = 0, hi = n - 1, want = n - k;               /* index in ascending order */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;             /* median of three as the pivot */
+        float a = w[lo], b = w[mid], c = w[hi];
+        const float p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (w[i] < p) i++;
+            while (w[j] > p) j--;
+            if (i <= j) { const float t = w[i]; w[i] = w[j]; w[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j; else if (want >= i) lo = i; else break;
+    }
+    return w[want];
+}
+
+/* Token sparsity: in each of the H score rows (stride T), the n packed scores from column t0 that
+ * fall below the row's k-th largest become -inf, so softmax.V skips their V rows. */
+static int topk_mask(float *scores, int64_t H, int64_t T, int64_t t0, int64_t n, int64_t k) {
+    if (k <= 0 || k >= n) return 0;
+    const int nt = svdq_get_threads();
+    float *work = (float *)malloc((size_t)nt * (size_t)n * sizeof(float));   /* (threads, n) */
+    if (!work) return -5;
+    PARALLEL_ROWS(H, for (int64_t h = r0; h < r1; h++) {
+        float *row = scores + h * T + t0;
+        const float cut = kth_largest(row, n, k, work + (size_t)thread_id() * n);
+        for (int64_t t = 0; t < n; t++) if (row[t] < cut) row[t] = -INFINITY;
+    });
+    free(work);
+    return 0;
+}
+
+int svdq_latent_attend(const float *q, long long H, long long KV, long long d, const float *vmu,
+                       const unsigned char *c8, const unsigned char *c4, const unsigned char *c2,
+                       const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
+                       const unsigned short *scale, const unsigned short *mn, long long nblk, long long B,
+                       const unsigned short *kf, long long S, long long nwin, const unsigned short *v,
+                       long long topk, float *scores, float *out) {
+    if (H <= 0 || KV <= 0 || d <= 0 || H % KV || n8 < 0 || n4 < 0 || n2 < 0 || n1 < 0 ||
+        n8 + n4 + n2 + n1 > 1024 || B <= 0 || B % 8 || B > 1024 || nblk < 0 || S < 0 || nwin < 0 || topk < 0)
+        return -3;
+    const int64_t r = n8 + n4 + n2 + n1, ldq = r + 1, P = nblk * B, T = S + P + nwin;
+    if (T <= 0) return -3;
+    const int nt = svdq_get_threads();
+    const size_t per = (size_t)(H + H * B + H * r + 1);     /* per thread: base (H,), acc (H, B), a (H, r) */
+    float *qp = (float *)malloc((size_t)(H * ldq) * sizeof(float));          /* (H, r+1) latent q | q.mu */
+    float *scratch = (float *)malloc((size_t)nt * per * sizeof(float));
+    if (!qp || !scratch) { free(qp); free(scratch); return -5; }
+    /* (PARALLEL_ROWS names its chunk bounds r0, r1: no locals of those names here) */
+    BY_PATH(latent_qproj, q, H, KV, d, vmu, ldq, qp);
+    if (nblk)
+        PARALLEL_ROWS(nblk, {
+            float *acc = scratch + (size_t)thread_id() * per;
+            for (int64_t b = r0; b < r1; b++)
+                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qp, ldq, qp + r, H, B,
+                        scores + S, T, acc, acc + H + H * B);
+        });
+    free(qp); free(scratch);
+    /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */
+    BY_PATH(qk_rows, q, kf, 1, H, KV, d, T, 0, S, scores);
+    BY_PATH(qk_rows, q, kf + S * KV * d, 1, H, KV, d, T, 0, nwin, scores + S + P);
+    int e = topk_mask(scores, H, T, S, P, topk);
+    if (e) return e;
+    return svdq_softmax_av_f16(scores, v, 1, H, KV, d, T, out);
 }
 
 int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long H, long long KV,

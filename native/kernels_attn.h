@@ -8,9 +8,10 @@
 
 /* ---- packed latent-K scores ------------------------------------------------------------------ */
 
-/* a (m, r) = qt * scale of block b; base (m) = qt . mn (the minimum's share of every score) */
-static inline void FN(latent_prep)(const float *qt, int64_t m, int64_t r, const uint16_t *scale,
-                                   const uint16_t *mn, int64_t b, float *a, float *base) {
+/* a (m, r) = qt * scale of block b; base (m) = qt . mn (the minimum's share of every score) plus
+ * bias (m, stride ldq; NULL: none). qt rows are ldq floats apart. */
+static inline void FN(latent_prep)(const float *qt, int64_t ldq, const float *bias, int64_t m, int64_t r,
+                                   const uint16_t *scale, const uint16_t *mn, int64_t b, float *a, float *base) {
 #ifdef SIMD_X86
     /* F16C: the block's r scales and minima converted 8 at a time once, then per query a
      * vector multiply and a dot (a software h2f per element and query cost more than scoring) */
@@ -22,7 +23,7 @@ static inline void FN(latent_prep)(const float *qt, int64_t m, int64_t r, const 
     }
     for (; j < r; j++) { sf[j] = _cvtsh_ss(scale[b * r + j]); mf[j] = _cvtsh_ss(mn[b * r + j]); }
     for (int64_t i = 0; i < m; i++) {
-        const float *qi = qt + i * r;
+        const float *qi = qt + i * ldq;
         __m256 acc = _mm256_setzero_ps();
         for (j = 0; j + 8 <= r; j += 8) {
             const __m256 q8 = _mm256_loadu_ps(qi + j);
@@ -31,16 +32,34 @@ static inline void FN(latent_prep)(const float *qt, int64_t m, int64_t r, const 
         }
         float sum = FN(hsum8)(acc);
         for (; j < r; j++) { a[i * r + j] = qi[j] * sf[j]; sum += qi[j] * mf[j]; }
-        base[i] = sum;
+        base[i] = sum + (bias ? bias[i * ldq] : 0.0f);
     }
 #else
     for (int64_t i = 0; i < m; i++) {
-        const float *qi = qt + i * r;
-        float s = 0.0f;
+        const float *qi = qt + i * ldq;
+        float s = bias ? bias[i * ldq] : 0.0f;
         for (int64_t j = 0; j < r; j++) { a[i * r + j] = qi[j] * h2f(scale[b * r + j]); s += qi[j] * h2f(mn[b * r + j]); }
         base[i] = s;
     }
 #endif
+}
+
+/* Decode queries projected onto a per-layer basis: qp (H, r1) = q_h . vmu[kv(h)], where vmu
+ * (KV, d, r1) holds each KV head's d rows of the basis V (r columns) and of the mean (last
+ * column), so qp[:, :r] are the latent queries and qp[:, r] = q.mu. Plain C: auto-vectorized. */
+static void FN(latent_qproj)(const float *q, int64_t H, int64_t KV, int64_t d, const float *vmu, int64_t r1,
+                             float *qp) {
+    const int64_t g = H / KV;
+    for (int64_t h = 0; h < H; h++) {
+        float *o = qp + h * r1;
+        const float *vm = vmu + (h / g) * d * r1;
+        for (int64_t j = 0; j < r1; j++) o[j] = 0.0f;
+        for (int64_t e = 0; e < d; e++) {
+            const float x = q[h * d + e];
+            const float *row = vm + e * r1;
+            for (int64_t j = 0; j < r1; j++) o[j] += x * row[j];
+        }
+    }
 }
 
 #ifdef SIMD_X86
@@ -77,28 +96,28 @@ static inline __attribute__((always_inline)) void FN(latent_tile)(const uint8_t 
 /* One packed block b of B tokens scored for m projected queries: out_i[t] = base_i +
  * sum_j (qt_ij scale_j) code_j[t]. x86: register tiles of 8 tokens x up to 8 queries; elsewhere
  * each channel's codes are unpacked once into floats and shared by the m queries (an axpy).
- * acc: scratch (m, B) floats; a: scratch (m, r). */
+ * Query rows are ldq floats apart, output rows ostride; acc: scratch (m, B) floats; a: (m, r). */
 static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t *c2, const uint8_t *c1,
                              int64_t n8, int64_t n4, int64_t n2, int64_t n1, const uint16_t *scale,
-                             const uint16_t *mn, int64_t b, const float *qt, int64_t m, int64_t B, float *out,
-                             int64_t nblk, float *acc, float *a) {
+                             const uint16_t *mn, int64_t b, const float *qt, int64_t ldq, const float *bias,
+                             int64_t m, int64_t B, float *out, int64_t ostride, float *acc, float *a) {
     const int64_t r = n8 + n4 + n2 + n1;
     float *base = acc;                                      /* (m,) in the scratch's first row */
-    FN(latent_prep)(qt, m, r, scale, mn, b, a, base);
+    FN(latent_prep)(qt, ldq, bias, m, r, scale, mn, b, a, base);
 #ifdef SIMD_X86
     for (int64_t i0 = 0; i0 < m; i0 += 8) {
         const int64_t np = m - i0 < 8 ? m - i0 : 8;
-        float *o = out + i0 * nblk * B + b * B;
+        float *o = out + i0 * ostride + b * B;
         for (int64_t t8 = 0; t8 < B / 8; t8++) {
             switch (np) {   /* a constant NP lets the compiler keep the accumulators in registers */
-            case 1: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 1, o, nblk * B); break;
-            case 2: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 2, o, nblk * B); break;
-            case 3: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 3, o, nblk * B); break;
-            case 4: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 4, o, nblk * B); break;
-            case 5: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 5, o, nblk * B); break;
-            case 6: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 6, o, nblk * B); break;
-            case 7: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 7, o, nblk * B); break;
-            default: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 8, o, nblk * B); break;
+            case 1: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 1, o, ostride); break;
+            case 2: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 2, o, ostride); break;
+            case 3: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 3, o, ostride); break;
+            case 4: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 4, o, ostride); break;
+            case 5: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 5, o, ostride); break;
+            case 6: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 6, o, ostride); break;
+            case 7: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 7, o, ostride); break;
+            default: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 8, o, ostride); break;
             }
         }
     }
@@ -126,7 +145,7 @@ static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t
             for (int64_t t = 0; t < B; t++) o[t] += aj * code[t];
         }
     }
-    for (int64_t i = 0; i < m; i++) memcpy(out + i * nblk * B + b * B, ac + i * B, (size_t)B * sizeof(float));
+    for (int64_t i = 0; i < m; i++) memcpy(out + i * ostride + b * B, ac + i * B, (size_t)B * sizeof(float));
 #endif
 }
 

@@ -3,7 +3,7 @@
  * one binary file of kernel calls and compares what it writes with the numpy oracles.
  *   test_driver --paths        prints "supported: <path ids>" and "active: <path id>"
  *   test_driver IN OUT         runs every call in IN, writes one result per call to OUT
- * IN, little-endian int64 words: per call op, path (-1 auto), params[8], nbuf, then nbuf times
+ * IN, little-endian int64 words: per call op, path (-1 auto), params[16], nbuf, then nbuf times
  * (nbytes, bytes). OUT per call: rc (int64), nbytes (int64), the output floats. rc -100 means the
  * path is not supported here, -101 that the buffers do not match the call. Outputs start as NaN
  * so that a kernel refusing a call (rc < 0) can be seen to leave them untouched. */
@@ -14,8 +14,9 @@
 #include <string.h>
 #include "svdq_edge.h"
 
-enum { OP_MATMUL = 1, OP_DEQUANT = 2, OP_GET_ROWS = 3, OP_LATENT = 4, OP_QK = 5, OP_SOFTMAX_AV = 6 };
-#define MAXBUF 8
+enum { OP_MATMUL = 1, OP_DEQUANT = 2, OP_GET_ROWS = 3, OP_LATENT = 4, OP_QK = 5, OP_SOFTMAX_AV = 6, OP_LATENT_ATTEND = 7 };
+#define MAXBUF 12
+#define NPARAM 16
 
 static int rd64(FILE *f, int64_t *v) { return fread(v, 8, 1, f) == 1; }
 
@@ -29,6 +30,7 @@ static int64_t out_count(int64_t op, const int64_t *p) {
     case OP_LATENT: c = p[5] * p[4] * p[6]; break;          /* (m, nblk * B) */
     case OP_QK: c = p[0] * p[1] * p[4]; break;              /* (nq, H, T) */
     case OP_SOFTMAX_AV: c = p[0] * p[1] * p[3]; break;      /* (nq, H, d) */
+    case OP_LATENT_ATTEND: c = p[6] * p[8]; break;          /* (H, d) */
     default: c = 0;
     }
     return c > 0 ? c : 0;
@@ -58,6 +60,20 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
     case OP_SOFTMAX_AV:   /* p: nq, H, KV, d, T; b: scores float (nq, H, T), v f16 bits (T, KV, d) */
         if (nbuf != 2 || nbytes[0] != 4 * p[0] * p[1] * p[4] || nbytes[1] != 2 * p[4] * p[2] * p[3]) return -101;
         return svdq_softmax_av_f16((float *)b[0], (const unsigned short *)b[1], p[0], p[1], p[2], p[3], p[4], out);
+    case OP_LATENT_ATTEND: {  /* p: n8, n4, n2, n1, nblk, B, H, KV, d, sinks, nwin, topk; b: c8, c4, c2, c1,
+                               * scale, min, q float (H, d), vmu float (KV, d, r+1), kf f16 bits
+                               * (sinks+nwin, KV, d), v f16 bits (T, KV, d), scores float (H, T) */
+        const int64_t r = p[0] + p[1] + p[2] + p[3], T = p[9] + p[4] * p[5] + p[10];
+        if (nbuf != 11 || nbytes[0] != p[4] * p[0] * p[5] || nbytes[1] != p[4] * p[1] * p[5] / 2
+            || nbytes[2] != p[4] * p[2] * p[5] / 4 || nbytes[3] != p[4] * p[3] * p[5] / 8
+            || nbytes[4] != 2 * p[4] * r || nbytes[5] != nbytes[4] || nbytes[6] != 4 * p[6] * p[8]
+            || nbytes[7] != 4 * p[7] * p[8] * (r + 1) || nbytes[8] != 2 * (p[9] + p[10]) * p[7] * p[8]
+            || nbytes[9] != 2 * T * p[7] * p[8] || nbytes[10] != 4 * p[6] * T) return -101;
+        return svdq_latent_attend((const float *)b[6], p[6], p[7], p[8], (const float *)b[7], b[0], b[1], b[2], b[3],
+                                  p[0], p[1], p[2], p[3], (const unsigned short *)b[4], (const unsigned short *)b[5],
+                                  p[4], p[5], (const unsigned short *)b[8], p[9], p[10], (const unsigned short *)b[9],
+                                  p[11], (float *)b[10], out);
+    }
     default:
         return -101;
     }
@@ -75,10 +91,10 @@ int main(int argc, char **argv) {
     if (!in || !res) { perror("open"); return 2; }
     int64_t op;
     while (rd64(in, &op)) {
-        int64_t path, p[8], nbuf, nbytes[MAXBUF] = {0};
+        int64_t path, p[NPARAM], nbuf, nbytes[MAXBUF] = {0};
         unsigned char *b[MAXBUF] = {0};
         if (!rd64(in, &path)) return 3;
-        for (int i = 0; i < 8; i++) if (!rd64(in, &p[i])) return 3;
+        for (int i = 0; i < NPARAM; i++) if (!rd64(in, &p[i])) return 3;
         if (!rd64(in, &nbuf) || nbuf < 0 || nbuf > MAXBUF) return 3;
         /* every buffer gets its own allocation, so an overread past it is a real overread */
         for (int64_t i = 0; i < nbuf; i++) {

@@ -29,7 +29,7 @@ from svdq_edge.quants import LAYOUTS, row_bytes
 
 NATIVE = Path(__file__).resolve().parent.parent / "native"
 CFLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fopenmp", "-I", str(NATIVE)]
-OP = {"matmul": 1, "dequant": 2, "get_rows": 3, "latent": 4, "qk": 5, "softmax_av": 6}
+OP = {"matmul": 1, "dequant": 2, "get_rows": 3, "latent": 4, "qk": 5, "softmax_av": 6, "latent_attend": 7}
 SCALAR, AVX2, AVX512, NEON, NEON_DOT, AUTO = 0, 1, 2, 3, 4, -1
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
@@ -62,7 +62,7 @@ class Case:
     group: str
     name: str
     op: str
-    params: list            # up to 8 int64 parameters, as native/test_driver.c reads them
+    params: list            # up to 16 int64 parameters, as native/test_driver.c reads them
     bufs: list              # numpy arrays passed as raw bytes
     check: Callable         # check(rc, out float32 array) raises AssertionError
 
@@ -183,6 +183,28 @@ def build_cases() -> list[Case]:
                                 for b in range(nblk)])                                # (nblk*B, r)
             cases.append(Case("latent", f"widths {widths.tolist()} B={B}", "latent", [*counts, nblk, m, B],
                               [*codes, scale, mn, qt], _expect_close(want, np.abs(qt) @ np.abs(z).T)))
+    # the one-call SVDq decode attention (latent scores, f16 sinks and window, top-k, softmax.V)
+    widths = np.array([8, 4, 4, 2, 2, 1, 1, 1, 1])
+    for H, KV, d, B, nblk, S, nwin, topk in [(14, 2, 64, 64, 3, 4, 37, 10), (6, 3, 20, 8, 5, 2, 5, 0)]:
+        r = len(widths)
+        counts = svdq_ref.width_counts(widths)
+        codes = [np.zeros((nblk, c, B * w // 8), np.uint8) for w, c in zip(svdq_ref.PACK_WIDTHS, counts)]
+        scale = np.zeros((nblk, r), np.float16)
+        mn = np.zeros((nblk, r), np.float16)
+        for b in range(nblk):
+            p, scale[b], mn[b] = svdq_ref.quantize_block(rng.standard_normal((B, r)).astype(np.float32), widths)
+            for c, pp in zip(codes, p):
+                c[b] = pp
+        Tn = S + nblk * B + nwin
+        q = (rng.standard_normal((H, d)) * 0.5).astype(np.float32)
+        vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
+        kf = rng.standard_normal((S + nwin, KV, d)).astype(np.float16)
+        v = rng.standard_normal((Tn, KV, d)).astype(np.float16)
+        want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, S, nwin, v, topk)
+        cases.append(Case("latent", f"latent attend {H},{KV},{d} B={B} topk={topk}", "latent_attend",
+                          [*counts, nblk, B, H, KV, d, S, nwin, topk],
+                          [*codes, scale, mn, q, vmu, kf.view(np.uint16), v.view(np.uint16), np.zeros(H * Tn, np.float32)],
+                          _expect_close(want, np.abs(v).astype(np.float64).max() * np.ones_like(want), 1e-4)))
     # attention over f16 K/V: GQA shapes, d not a multiple of 8, T = 1; long T splits softmax.V into
     # token chunks (merged by their maxima), the masked second half leaves whole chunks at -inf
     for nq, H, KV, d, Tn in [(1, 4, 2, 64, 37), (3, 2, 1, 13, 9), (1, 8, 8, 256, 5), (2, 6, 3, 24, 1),
@@ -239,7 +261,7 @@ def build_cases() -> list[Case]:
 def _encode(calls) -> bytes:
     out = []
     for case, path in calls:
-        p = list(case.params) + [0] * (8 - len(case.params))
+        p = list(case.params) + [0] * (16 - len(case.params))
         out.append(np.array([OP[case.op], path, *p, len(case.bufs)], np.int64).tobytes())
         for b in case.bufs:
             raw = np.ascontiguousarray(b).tobytes()

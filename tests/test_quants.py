@@ -171,11 +171,10 @@ def test_native_rejects_bad_sizes():
         cpu_c.matmul(data, int(T.Q4_K), x, np.empty((1, 3), np.float32))
 
 
-def test_native_latent_score_matches_oracle():
-    from svdq_edge.kernels import cpu_c, svdq_ref
-    rng = np.random.default_rng(0)
-    widths = np.array([8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1])
-    r, B, nblk = len(widths), 64, 3
+def packed_blocks(rng, widths, nblk, B):
+    """nblk random blocks of B tokens quantized by the oracle: codes per width, scale, min."""
+    from svdq_edge.kernels import svdq_ref
+    r = len(widths)
     codes = [np.zeros((nblk, n, B * w // 8), np.uint8) for w, n in zip(svdq_ref.PACK_WIDTHS, svdq_ref.width_counts(widths))]
     scale = np.zeros((nblk, r), np.float16)
     mn = np.zeros((nblk, r), np.float16)
@@ -184,6 +183,15 @@ def test_native_latent_score_matches_oracle():
         for c, pp in zip(codes, p):
             c[b] = pp
         scale[b], mn[b] = s, m
+    return codes, scale, mn
+
+
+def test_native_latent_score_matches_oracle():
+    from svdq_edge.kernels import cpu_c, svdq_ref
+    rng = np.random.default_rng(0)
+    widths = np.array([8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1])
+    r, B, nblk = len(widths), 64, 3
+    codes, scale, mn = packed_blocks(rng, widths, nblk, B)
     qt = rng.standard_normal((4, r)).astype(np.float32)
     want = svdq_ref.score(codes, scale, mn, widths, qt, B)
     for p in cpu_c.cpu_paths():
@@ -193,3 +201,55 @@ def test_native_latent_score_matches_oracle():
         finally:
             cpu_c.set_path(None)
         assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()), p
+
+
+# (H, KV, d, B, nblk, sinks, nwin, topk): GQA and plain heads, d not a multiple of 8, no sinks or
+# no window, a top-k cut, and enough tokens (T = 1590) that softmax.V splits into chunks
+ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0), (14, 2, 64, 64, 3, 4, 37, 10), (4, 1, 256, 24, 2, 0, 0, 0),
+                (6, 3, 20, 8, 5, 2, 5, 7), (1, 1, 8, 128, 1, 0, 1, 0), (8, 1, 64, 128, 12, 4, 50, 300)]
+
+
+@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk", ATTEND_CASES)
+def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk):
+    """The one-call SVDq decode attention on every path against svdq_ref.decode_attend (float64)."""
+    from svdq_edge.kernels import cpu_c, svdq_ref
+    rng = np.random.default_rng(H * 1000 + d + topk)
+    widths = np.array([8, 4, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1, 1])
+    r = len(widths)
+    codes, scale, mn = packed_blocks(rng, widths, nblk, B)
+    T = sinks + nblk * B + nwin
+    q = (rng.standard_normal((H, d)) * 0.5).astype(np.float32)
+    vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
+    kf = rng.standard_normal((sinks + nwin + 3, KV, d)).astype(np.float16)       # spare rows past the window
+    v = rng.standard_normal((T + 5, KV, d)).astype(np.float16)
+    want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, sinks, nwin, v, topk)
+    scorer = cpu_c.PackedScorer(codes, scale, mn, B)
+    for p in cpu_c.cpu_paths():
+        cpu_c.set_path(p)
+        try:
+            got = scorer.attend(q, vmu, kf, sinks, nwin, v, topk, np.full(H * T + 7, np.nan, np.float32))
+        finally:
+            cpu_c.set_path(None)
+        assert np.abs(got - want).max() < 1e-4 * np.abs(v).astype(np.float32).max(), (p, np.abs(got - want).max())
+
+
+def test_native_latent_attend_refuses_bad_sizes():
+    from svdq_edge.kernels import cpu_c
+    rng = np.random.default_rng(3)
+    codes, scale, mn = packed_blocks(rng, np.array([4, 2, 1]), 2, 16)
+    scorer = cpu_c.PackedScorer(codes, scale, mn, 16)
+    q = np.zeros((4, 8), np.float32)
+    kf = np.zeros((8, 2, 8), np.float16)
+    v = np.zeros((40, 2, 8), np.float16)
+    ok = dict(vmu=np.zeros((2, 8, 4), np.float32), kf=kf, sinks=2, nwin=4, v=v, topk=0, scores=np.zeros(4 * 38, np.float32))
+    scorer.attend(q, **ok)
+    for bad in (dict(vmu=np.zeros((2, 8, 5), np.float32)), dict(v=v[:37]), dict(nwin=7),
+                dict(scores=np.zeros(4 * 38 - 1, np.float32)), dict(kf=kf.astype(np.float32))):
+        with pytest.raises(ValueError, match="latent attend"):
+            scorer.attend(q, **{**ok, **bad})
+    # the C entry point itself refuses what the wrapper would not pass: GQA that does not divide
+    rc = cpu_c.lib.svdq_latent_attend(cpu_c._ptr(q, "float *"), 3, 2, 8, cpu_c._ptr(ok["vmu"], "float *"),
+                                      *scorer._args, 16, cpu_c._ptr(kf, "unsigned short *"), 2, 4,
+                                      cpu_c._ptr(v, "unsigned short *"), 0, cpu_c._ptr(ok["scores"], "float *"),
+                                      cpu_c._ptr(np.zeros((4, 8), np.float32), "float *"))
+    assert rc == -3

@@ -184,6 +184,35 @@ def test_topk_all_tokens_equals_no_sparsity():
     assert not np.allclose(a[-1], c[-1], atol=1e-5)         # a real cut changes the output
 
 
+@pytest.mark.parametrize("topk", [None, 20, 0.25])
+def test_one_call_decode_matches_the_composed_path(topk):
+    """Decode steps of a per-layer SVDq cache through the native one-call attention (window, sinks,
+    flushes in between, top-k) give what the step-by-step path (scores, top-k, softmax.V) gives."""
+    from svdq_edge import kernels
+    if kernels.backend_name() != "c":
+        pytest.skip("the one-call decode attention is a C kernel")
+    H, KV, d, T = 14, 2, 64, 700
+    rope = RoPE(d, 10000.0, 1024, True)
+    keys = synthetic_keys(T, KV, d, 11)
+    vals = np.random.default_rng(12).standard_normal((T, KV, d)).astype(np.float32)
+    qs = np.random.default_rng(13).standard_normal((T, H, d)).astype(np.float32) * 0.3
+    cfg = SVDqConfig(bits=(8, 4, 2, 1, 1, 0, 0, 0), window=32, block=64, sinks=4, topk=topk)
+    basis = compute_basis(rope.apply(keys, 0).reshape(T, 1, -1), cfg)
+    cache = SVDqCache(CacheSpec(0, H, KV, d, 1024, None, rope), basis, cfg)
+    cache.append(keys[:300], vals[:300])
+    fused = 0
+    for t in range(300, T):
+        cache.append(keys[t:t + 1], vals[t:t + 1])
+        got = cache.attend(qs[t:t + 1], 0.125)
+        run = cache._decode_scorer()
+        fast, run.attend = run.attend, None
+        want = cache.attend(qs[t:t + 1], 0.125)                     # the composed path
+        run.attend = fast
+        fused += fast is not None
+        assert np.abs(got - want).max() < 1e-5 * np.abs(vals).max(), t
+    assert fused == T - 300 and cache.nblk > 5
+
+
 def test_accounting_matches_arrays():
     H, KV, d, T = 14, 2, 64, 1000
     rope = RoPE(d, 1e6, 2048, True)

@@ -172,6 +172,9 @@ def svdq_scorer(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarr
         if fast is None or qt.shape[0] >= BATCH_QUERIES:
             return svdq_score(codes, scale, mn, widths, qt, block)
         return fast(qt)
+    # one-call decode attention (latent scores, f16 sinks and window, top-k, softmax.V) where the
+    # backend has it, else None: see cpu_c.PackedScorer.attend
+    run.attend = fast.attend if fast is not None else None
     return run
 
 

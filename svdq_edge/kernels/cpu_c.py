@@ -139,8 +139,40 @@ class PackedScorer:
         m_ = np.ascontiguousarray(mn).view(np.uint16)
         self._keep = (cs, sc, m_)                           # the pointers below point into these
         self.nblk, self.B = nblk, B
+        self._ptrs: dict = {}
         self._args = (*[_ptr(c, "unsigned char *") for c in cs], *[c.shape[1] for c in cs],
                       _ptr(sc, "unsigned short *"), _ptr(m_, "unsigned short *"), nblk)
+
+    def _p(self, name: str, a: np.ndarray, ctype: str):
+        """Pointer to a long-lived buffer (the cache's K window, V, score scratch), made once per
+        buffer: the buffer is held here, so `is` identifies it."""
+        hit = self._ptrs.get(name)
+        if hit is None or hit[0] is not a:
+            hit = self._ptrs[name] = (a, _ptr(a, ctype))
+        return hit[1]
+
+    def attend(self, q: np.ndarray, vmu: np.ndarray, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
+               topk: int, scores: np.ndarray) -> np.ndarray:
+        """One decode query per head over the packed blocks plus f16 sinks and window, in one call.
+        q: float32 (H, d) scaled; vmu: float32 (KV, d, r+1) basis rows | mean per KV head;
+        kf: float16 (>= sinks+nwin, KV, d) sink rows then window rows; v: float16 (>= T, KV, d) by
+        position; topk: packed tokens kept per head (0 = all); scores: float32 scratch (>= H*T,).
+        Returns (H, d)."""
+        H, d = q.shape
+        KV = vmu.shape[0]
+        T = sinks + self.nblk * self.B + nwin
+        if (vmu.shape != (KV, d, self.r + 1) or vmu.dtype != np.float32 or kf.shape[1:] != (KV, d)
+                or v.shape[1:] != (KV, d) or kf.shape[0] < sinks + nwin or v.shape[0] < T
+                or kf.dtype != np.float16 or v.dtype != np.float16 or scores.dtype != np.float32
+                or scores.ndim != 1 or scores.size < H * T or H % KV):
+            raise ValueError("latent attend: buffer shapes do not match")
+        q = np.ascontiguousarray(q, np.float32)
+        out = np.empty((H, d), np.float32)
+        _ok(lib.svdq_latent_attend(_ptr(q, "float *"), H, KV, d, self._p("vmu", vmu, "float *"), *self._args,
+                                   self.B, self._p("kf", kf, "unsigned short *"), sinks, nwin,
+                                   self._p("v", v, "unsigned short *"), topk, self._p("scores", scores, "float *"),
+                                   _ptr(out, "float *")), "latent attend")
+        return out
 
     def __call__(self, qt: np.ndarray) -> np.ndarray:
         qt = np.ascontiguousarray(qt, np.float32)

@@ -108,3 +108,33 @@ def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt
         z = dequantize_block([c[b] for c in codes], scale[b], mn[b], widths, B)
         out[:, b * B:(b + 1) * B] = qt @ z.T
     return out
+
+
+def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray, mn: np.ndarray,
+                  widths: np.ndarray, B: int, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
+                  topk: int) -> np.ndarray:
+    """Oracle of the one-call decode attention over an SVDq layer (per-layer basis, post-RoPE).
+    q float32 (H, d) scaled queries; vmu (KV, d, r+1): each KV head's rows of the basis V and of the
+    mean; codes/scale/mn: nblk packed blocks; kf f16 (>= sinks+nwin, KV, d): sink rows then window
+    rows; v f16 (>= T, KV, d) by position; topk: packed tokens kept per head (0: all).
+    Token order: sinks | packed | window, T = sinks + nblk*B + nwin. Returns float64 (H, d)."""
+    H, d = q.shape
+    KV, r = vmu.shape[0], vmu.shape[2] - 1
+    g = H // KV
+    P = scale.shape[0] * B
+    T = sinks + P + nwin
+    q64 = q.astype(np.float64)
+    qp = np.einsum("hd,hdr->hr", q64, vmu[np.arange(H) // g].astype(np.float64))       # (H, r+1)
+    kg = np.repeat(kf[:sinks + nwin].astype(np.float64), g, axis=1)                      # (S+nwin, H, d)
+    s = np.empty((H, T))
+    s[:, :sinks] = np.einsum("hd,thd->ht", q64, kg[:sinks])
+    s[:, sinks + P:] = np.einsum("hd,thd->ht", q64, kg[sinks:])
+    if P:
+        s[:, sinks:sinks + P] = score(codes, scale, mn, widths, qp[:, :r].astype(np.float32), B) + qp[:, r:]
+        if 0 < topk < P:
+            sp = s[:, sinks:sinks + P]
+            cut = np.partition(sp, P - topk, axis=1)[:, P - topk][:, None]
+            sp[sp < cut] = -np.inf
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return np.einsum("ht,thd->hd", p, np.repeat(v[:T].astype(np.float64), g, axis=1))

@@ -58,6 +58,7 @@ class SVDqCache:
         self.Vmu = (np.concatenate([self.Vf[0].reshape(KV, d, self.r), self.muf[0].reshape(KV, d, 1)], axis=2)
                     if self.G == 1 else None)                # (KV, d, r+1)
         self._scorer = None
+        self._scores = np.empty(0, np.float32)                    # (H*T,) decode score scratch, grown
         self._cap_blk = 0
         self.codes = [np.empty((self.G, 0, n, self.B * w // 8), np.uint8)
                       for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (G, cap_blk, n_w, B*w/8)
@@ -166,10 +167,7 @@ class SVDqCache:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
             r = self.r
             qm = np.matmul(q.reshape(n, KV, grp, d), self.Vmu).reshape(n * H, r + 1)  # (n*H, r+1): q V | q.mu
-            if self._scorer is None:            # the packed blocks changed (flush): set the kernel up again
-                self._scorer = kernels.svdq_scorer([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
-                                                   self.mn[0, :self.nblk], self.basis.widths, self.B)
-            sc = self._scorer(qm[:, :r])                                           # (n*H, nblk*B)
+            sc = self._decode_scorer()(qm[:, :r])                                           # (n*H, nblk*B)
             np.add(sc.reshape(n, H, -1), qm[:, r:].reshape(n, H, 1), out=out)      # one pass: + q.mu, placed
             return out
         for g in range(self.G):
@@ -225,6 +223,13 @@ class SVDqCache:
             self._qsum += M
             self._qn += rows_
         q = q * np.float32(scale)                                                     # scores come out scaled
+        if n == 1 and t_pack and S == self.cfg.sinks and self.Vmu is not None and not self.cfg.pre_rope:
+            fast = self._decode_scorer().attend
+            if fast is not None:
+                need = H * (S + t_pack + n_win)
+                if self._scores.size < need:
+                    self._scores = np.empty(max(need, 2 * self._scores.size), np.float32)   # (H*T,) grown
+                return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores)[None]
         if self.cfg.pre_rope:
             kf = self.spec.rope.apply_at(self.kfull[rows].astype(np.float32), np.concatenate([np.arange(S), win_pos]))
             s_full = np.matmul(q.reshape(n, KV, grp, d), kf.transpose(1, 2, 0)).reshape(n, H, -1)
@@ -244,14 +249,26 @@ class SVDqCache:
                 mask = kpos[None, :] > qpos[:, None]                                   # (n, t)
                 if mask.any():
                     cols[np.broadcast_to(mask[:, None, :], cols.shape)] = -np.inf
-        if self.cfg.topk is not None and t_pack > 0:
-            k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
-            if k < t_pack:
-                sp = scores[:, :, S:S + t_pack]
-                cut = np.partition(sp, t_pack - k, axis=2)[:, :, t_pack - k][:, :, None]
-                sp[sp < cut] = -np.inf
+        k = self._topk(t_pack)
+        if k:
+            sp = scores[:, :, S:S + t_pack]
+            cut = np.partition(sp, t_pack - k, axis=2)[:, :, t_pack - k][:, :, None]
+            sp[sp < cut] = -np.inf
         # softmax and V accumulation; V rows are read only for tokens with nonzero weight
         return kernels.softmax_av_f16(scores, self.v[:self.offset])
+
+    def _topk(self, t_pack: int) -> int:
+        """Packed tokens kept per head by --svdq-topk (a count or a fraction); 0 = all of them."""
+        if self.cfg.topk is None or t_pack == 0:
+            return 0
+        k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
+        return k if k < t_pack else 0
+
+    def _decode_scorer(self):
+        if self._scorer is None:            # the packed blocks changed (flush): set the kernel up again
+            self._scorer = kernels.svdq_scorer([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
+                                               self.mn[0, :self.nblk], self.basis.widths, self.B)
+        return self._scorer
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def trim(self, n: int) -> None:
