@@ -370,3 +370,58 @@ int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, lo
     free(acc); free(ml); free(idx);
     return 0;
 }
+
+/* ---- small per-token ops of the layer graph: plain loops the compiler vectorizes; in C so that a
+ * decode step does not pay numpy's per-call overhead several times per layer -------------------- */
+
+/* out (n, d) = x / sqrt(mean(x^2) + eps) * w */
+int svdq_rmsnorm(const float *x, const float *w, long long n, long long d, float eps, float *out) {
+    if (n < 0 || d <= 0) return -3;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * d;
+        float acc[8] = {0};
+        int64_t e = 0;
+        for (; e + 8 <= d; e += 8)
+            for (int j = 0; j < 8; j++) acc[j] += xi[e + j] * xi[e + j];
+        float ss = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (; e < d; e++) ss += xi[e] * xi[e];
+        const float inv = 1.0f / sqrtf(ss / (float)d + eps);
+        for (e = 0; e < d; e++) out[i * d + e] = xi[e] * inv * w[e];
+    }
+    return 0;
+}
+
+/* gated FFN: out (m,) = act(g) * u; act 0 = silu, 1 = gelu (tanh form) */
+int svdq_act_mul(const float *g, const float *u, long long m, int act, float *out) {
+    if (m < 0 || act < 0 || act > 1) return -3;
+    BY_PATH(act_mul, g, u, m, act, out);
+    return 0;
+}
+
+/* RoPE: x (n, heads, d) at positions pos0.. rotated by the tables cos/sin (n_ctx, d/2) into out;
+ * neox rotates the halves (x[i], x[i + d/2]), otherwise adjacent pairs (x[2i], x[2i+1]) */
+int svdq_rope(const float *x, long long n, long long heads, long long d, const float *cos_t,
+              const float *sin_t, long long n_ctx, long long pos0, int neox, float *out) {
+    if (n < 0 || heads <= 0 || d <= 0 || d % 2 || pos0 < 0 || pos0 + n > n_ctx) return -3;
+    const int64_t half = d / 2;
+    for (int64_t t = 0; t < n; t++) {
+        const float *c = cos_t + (pos0 + t) * half, *s = sin_t + (pos0 + t) * half;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *xi = x + (t * heads + h) * d;
+            float *o = out + (t * heads + h) * d;
+            if (neox)
+                for (int64_t i = 0; i < half; i++) {
+                    const float a = xi[i], b = xi[i + half];
+                    o[i] = a * c[i] - b * s[i];
+                    o[i + half] = a * s[i] + b * c[i];
+                }
+            else
+                for (int64_t i = 0; i < half; i++) {
+                    const float a = xi[2 * i], b = xi[2 * i + 1];
+                    o[2 * i] = a * c[i] - b * s[i];
+                    o[2 * i + 1] = a * s[i] + b * c[i];
+                }
+        }
+    }
+    return 0;
+}

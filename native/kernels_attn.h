@@ -192,6 +192,19 @@ static void FN(qk_rows)(const float *q, const uint16_t *k, int64_t nq, int64_t H
                 out[(i * H + h) * T + t] = FN(dot_f16)(q + (i * H + h) * d, k + (t * KV + h / g) * d, d);
 }
 
+static void FN(act_mul_tail)(const float *g, const float *u, int64_t i0, int64_t m, int act, float *out) {
+    for (int64_t i = i0; i < m; i++) {
+        const float x = g[i];
+        out[i] = (act == 0 ? x / (1.0f + expf(-x))
+                           : 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)))) * u[i];
+    }
+}
+#ifndef SIMD_X86
+static void FN(act_mul)(const float *g, const float *u, int64_t m, int act, float *out) {
+    FN(act_mul_tail)(g, u, 0, m, act, out);
+}
+#endif
+
 #ifdef SIMD_X86
 /* exp of 8 floats x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial, 2^n in the
  * exponent bits; relative error ~1e-7); -inf and anything below -87 give exactly 0 */
@@ -211,6 +224,32 @@ static inline __m256 FN(exp8_neg)(__m256 x) {
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+/* gated FFN activations with one exp per element of a non-positive argument, e = exp(-|x|):
+ * silu(x) = x / (1 + e) for x >= 0, x e / (1 + e) below; tanh(y) = sign(y) (1 - e) / (1 + e) with
+ * e = exp(-2|y|) */
+static void FN(act_mul)(const float *g, const float *u, int64_t m, int act, float *out) {
+    int64_t i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), sgn = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= m; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        __m256 a;
+        if (act == 0) {
+            const __m256 e = FN(exp8_neg)(_mm256_or_ps(x, sgn));                 /* exp(-|x|) */
+            const __m256 num = _mm256_blendv_ps(x, _mm256_mul_ps(x, e), x);       /* x < 0: x e */
+            a = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        } else {
+            const __m256 y = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                                           _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), x), _mm256_mul_ps(x, x), x));
+            const __m256 e = FN(exp8_neg)(_mm256_or_ps(_mm256_add_ps(y, y), sgn));   /* exp(-2|y|) */
+            const __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+            const __m256 th = _mm256_or_ps(t, _mm256_and_ps(y, sgn));             /* sign of y */
+            a = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, th));
+        }
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(a, _mm256_loadu_ps(u + i)));
+    }
+    FN(act_mul_tail)(g, u, i, m, act, out);
 }
 
 /* acc (G, d) += sum over the n listed tokens of p_h[t] v_t: d in register tiles of 8, the G

@@ -27,3 +27,7 @@ int svdq_get_threads(void);
 int svdq_set_path(int path);
 int svdq_active_path(void);
 int svdq_path_supported(int path);
+int svdq_rmsnorm(const float *x, const float *w, long long n, long long d, float eps, float *out);
+int svdq_act_mul(const float *g, const float *u, long long m, int act, float *out);
+int svdq_rope(const float *x, long long n, long long heads, long long d, const float *cos_t,
+              const float *sin_t, long long n_ctx, long long pos0, int neox, float *out);

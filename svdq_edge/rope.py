@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 
 class RoPE:
     """Rotates (n, heads, head_dim) vectors by position.
@@ -22,20 +24,7 @@ class RoPE:
 
     def apply(self, x: np.ndarray, pos0: int) -> np.ndarray:
         """x: float32 (n, heads, head_dim) at positions pos0..pos0+n-1 -> rotated copy."""
-        n = x.shape[0]
-        c = self.cos[pos0:pos0 + n, None, :]                                         # (n, 1, half)
-        s = self.sin[pos0:pos0 + n, None, :]
-        half = self.head_dim // 2
-        out = np.empty_like(x)
-        if self.neox:
-            a, b = x[..., :half], x[..., half:]
-            out[..., :half] = a * c - b * s
-            out[..., half:] = a * s + b * c
-        else:
-            a, b = x[..., 0::2], x[..., 1::2]
-            out[..., 0::2] = a * c - b * s
-            out[..., 1::2] = a * s + b * c
-        return out
+        return kernels.rope(x, self.cos, self.sin, pos0, self.neox)
 
     def apply_at(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """x: float32 (n, heads, head_dim) at arbitrary positions (n,) -> rotated copy."""

@@ -253,3 +253,32 @@ def test_native_latent_attend_refuses_bad_sizes():
                                       cpu_c._ptr(v, "unsigned short *"), 0, cpu_c._ptr(ok["scores"], "float *"),
                                       cpu_c._ptr(np.zeros((4, 8), np.float32), "float *"))
     assert rc == -3
+
+
+@pytest.mark.parametrize("n,heads,d", [(1, 14, 64), (3, 4, 256), (5, 3, 10), (2, 1, 2)])
+def test_native_small_ops_match_numpy(n, heads, d):
+    """rmsnorm, the gated activations and RoPE (both pair layouts) in C against ref.py."""
+    from svdq_edge.kernels import cpu_c
+    from svdq_edge.rope import RoPE
+    rng = np.random.default_rng(n * 100 + d)
+    x = (rng.standard_normal((n, heads, d)) * 3).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32)
+    assert np.allclose(cpu_c.rmsnorm(x, w, 1e-6), ref.rmsnorm(x, w, 1e-6), rtol=1e-5, atol=1e-6 * np.abs(w).max())
+    g, u = x.reshape(n, -1).copy(), (x.reshape(n, -1)[:, ::-1] + 1).copy()
+    g[0, :2] = (-100.0, 100.0)                                           # the exp's clamped ends
+    for act in ref.ACTS:
+        with np.errstate(over="ignore"):                                 # numpy's exp(100) in float32
+            want = ref.act_mul(g, u, act)
+        for p in cpu_c.cpu_paths():
+            cpu_c.set_path(p)
+            try:
+                got = cpu_c.act_mul(g, u, act)
+            finally:
+                cpu_c.set_path(None)
+            assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()), (act, p)
+    for neox in (True, False):
+        rp = RoPE(d, 10000.0, 64, neox)
+        want = ref.rope(x, rp.cos, rp.sin, 60 - n, neox)
+        assert np.allclose(cpu_c.rope(x, rp.cos, rp.sin, 60 - n, neox), want, rtol=1e-5, atol=1e-5 * np.abs(x).max())
+    with pytest.raises(ValueError, match="rope"):
+        cpu_c.rope(x, rp.cos, rp.sin, 64 - n + 1, True)                  # past the table: refused in C

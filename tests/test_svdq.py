@@ -213,6 +213,23 @@ def test_one_call_decode_matches_the_composed_path(topk):
     assert fused == T - 300 and cache.nblk > 5
 
 
+def test_prefill_scores_of_rebuilt_keys_equal_latent_scores():
+    """A prefill chunk scores packed tokens on keys rebuilt from the codes; decode scores them in
+    the latent space. Both are q.(V z + mu): equal up to float rounding."""
+    H, KV, d, T = 14, 2, 64, 600
+    rope = RoPE(d, 10000.0, 1024, True)
+    keys = synthetic_keys(T, KV, d, 21)
+    cfg = SVDqConfig(bits=(8, 4, 2, 1, 1, 0, 0, 0), window=32, block=64)
+    cache = SVDqCache(CacheSpec(0, H, KV, d, 1024, None, rope), compute_basis(rope.apply(keys, 0).reshape(T, 1, -1), cfg), cfg)
+    cache.append(keys, keys)
+    cache._flush()
+    q = np.random.default_rng(22).standard_normal((16, H, d)).astype(np.float32)
+    t = cache.nblk * cache.B
+    batch = cache._packed_scores(q, np.empty((16, H, t), np.float32))
+    one = np.stack([cache._packed_scores(q[i:i + 1], np.empty((1, H, t), np.float32))[0] for i in range(16)])
+    assert t > 0 and np.abs(batch - one).max() < 1e-4 * np.abs(one).max()
+
+
 def test_accounting_matches_arrays():
     H, KV, d, T = 14, 2, 64, 1000
     rope = RoPE(d, 1e6, 2048, True)

@@ -77,20 +77,11 @@ def load_weights(g, a: ModelArgs) -> Weights:
 
 
 # ----------------------------------------------------------------------------------------------
-# small float ops (numpy; the heavy work is in kernels.matmul and the cache)
+# small float ops (kernels: C where built, numpy otherwise)
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """x: (..., d) -> x / rms(x) * w."""
-    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
-    return (x * (1.0 / np.sqrt(ms + eps))) * w
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+    return kernels.rmsnorm(x, w, eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,8 +149,7 @@ class Transformer:
             h = rmsnorm(x, lw.ffn_norm, a.norm_eps)
             g = kernels.matmul(lw.w_gate, h)                                         # (n, F)
             u = kernels.matmul(lw.w_up, h)                                           # (n, F)
-            g = gelu_tanh(g) if a.act == "gelu_tanh" else silu(g)
-            o = kernels.matmul(lw.w_down, g * u)                                     # (n, E)
+            o = kernels.matmul(lw.w_down, kernels.act_mul(g, u, a.act))              # (n, E)
             if lw.post_ffn_norm is not None:
                 o = rmsnorm(o, lw.post_ffn_norm, a.norm_eps)
             x = x + o

@@ -244,3 +244,30 @@ def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
     KV = v.shape[1]
     s = np.ascontiguousarray(scores.reshape(n, KV, H // KV, T).transpose(1, 0, 2, 3), np.float32).reshape(KV, -1, T)
     return _softmax_av_blas(s, v, n, H)
+
+
+# -- small per-token ops (C where the backend has them, else the numpy oracles in ref.py) ----------
+
+def _small(name: str):
+    fn = getattr(backend(), name, None)
+    if fn is None:
+        from . import ref
+        fn = getattr(ref, name)
+    return fn
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x: float32 (..., d) -> x / rms(x) * w."""
+    return _small("rmsnorm")(x, w, eps)
+
+
+def act_mul(g: np.ndarray, u: np.ndarray, act: str) -> np.ndarray:
+    """Gated FFN: act(g) * u, act "silu" or "gelu_tanh"."""
+    return _small("act_mul")(g, u, act)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool) -> np.ndarray:
+    """x: float32 (n, heads, d) at positions pos0.. rotated by the tables cos/sin (n_ctx, d/2)."""
+    if pos0 < 0 or pos0 + x.shape[0] > cos.shape[0]:
+        raise ValueError(f"rope: positions {pos0}..{pos0 + x.shape[0]} outside the table of {cos.shape[0]}")
+    return _small("rope")(x, cos, sin, pos0, neox)

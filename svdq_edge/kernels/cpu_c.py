@@ -232,3 +232,45 @@ def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
     _ok(lib.svdq_softmax_av_f16(_ptr(scores, "float *"), _ptr(v.view(np.uint16), "unsigned short *"), n, H, KV,
                                 d, T, _ptr(out, "float *")), "softmax_av_f16")
     return out
+
+
+def _f32c(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, np.float32)
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """ref.rmsnorm in C: x float32 (..., d), w (d,)."""
+    d = x.shape[-1]
+    if w.shape != (d,):
+        raise ValueError(f"rmsnorm: x {x.shape} and w {w.shape} do not match")
+    x, w = _f32c(x), _f32c(w)
+    out = np.empty(x.shape, np.float32)
+    _ok(lib.svdq_rmsnorm(_ptr(x, "float *"), _ptr(w, "float *"), x.size // d, d, float(eps), _ptr(out, "float *")),
+        "rmsnorm")
+    return out
+
+
+ACT_IDS = {"silu": 0, "gelu_tanh": 1}
+
+
+def act_mul(g: np.ndarray, u: np.ndarray, act: str) -> np.ndarray:
+    """ref.act_mul in C."""
+    if g.shape != u.shape:
+        raise ValueError(f"act_mul: g {g.shape} and u {u.shape} differ")
+    g, u = _f32c(g), _f32c(u)
+    out = np.empty(g.shape, np.float32)
+    _ok(lib.svdq_act_mul(_ptr(g, "float *"), _ptr(u, "float *"), g.size, ACT_IDS[act], _ptr(out, "float *")), "act_mul")
+    return out
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool) -> np.ndarray:
+    """ref.rope in C: x float32 (n, heads, d); cos, sin float32 (n_ctx, d/2) C-contiguous."""
+    n, heads, d = x.shape
+    if cos.shape != sin.shape or cos.shape[1:] != (d // 2,) or cos.dtype != np.float32 or not cos.flags.c_contiguous \
+            or sin.dtype != np.float32 or not sin.flags.c_contiguous:
+        raise ValueError(f"rope: x {x.shape} and tables {cos.shape} do not match")
+    x = _f32c(x)
+    out = np.empty(x.shape, np.float32)
+    _ok(lib.svdq_rope(_ptr(x, "float *"), n, heads, d, _ptr(cos, "float *"), _ptr(sin, "float *"), cos.shape[0],
+                      int(pos0), int(bool(neox)), _ptr(out, "float *")), "rope")
+    return out

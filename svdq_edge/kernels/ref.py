@@ -163,3 +163,40 @@ def get_rows(data: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> 
 
 def set_threads(n: int) -> None:
     pass
+
+
+# -- small per-token ops of the layer graph (the oracles of the C versions) ----------------------
+
+ACTS = ("silu", "gelu_tanh")
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x: float32 (..., d) -> x / rms(x) * w."""
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    return (x * (1.0 / np.sqrt(ms + eps))) * w
+
+
+def act_mul(g: np.ndarray, u: np.ndarray, act: str) -> np.ndarray:
+    """Gated FFN: act(g) * u, act silu or gelu (tanh form)."""
+    if act == "gelu_tanh":
+        a = 0.5 * g * (1.0 + np.tanh(np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)))
+    else:
+        a = g / (1.0 + np.exp(-g))
+    return a * u
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool) -> np.ndarray:
+    """x: float32 (n, heads, d) at positions pos0.. rotated by the tables cos/sin (n_ctx, d/2)."""
+    n, half = x.shape[0], x.shape[-1] // 2
+    c = cos[pos0:pos0 + n, None, :]                                                  # (n, 1, half)
+    s = sin[pos0:pos0 + n, None, :]
+    out = np.empty_like(x)
+    if neox:
+        a, b = x[..., :half], x[..., half:]
+        out[..., :half] = a * c - b * s
+        out[..., half:] = a * s + b * c
+    else:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2] = a * c - b * s
+        out[..., 1::2] = a * s + b * c
+    return out

@@ -163,6 +163,17 @@ class SVDqCache:
         grp = H // KV
         if self.nblk == 0:
             return out
+        if not self.cfg.per_head and not self.cfg.pre_rope and n >= kernels.BATCH_QUERIES:
+            # a prefill chunk: rebuild the packed keys once (T*r*D multiply-adds) and score them as
+            # f16 keys are scored (n*H*T*d), cheaper than n*H*T*r in the latent space when r > d
+            t = self.nblk * self.B
+            z = svdq_ref.dequantize_all([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
+                                        self.mn[0, :self.nblk], self.B)                 # (t, r)
+            kp = (z @ self.Vf[0].T + self.muf[0]).reshape(t, KV, d)                    # (t, KV, d)
+            qg = q.reshape(n, KV, grp, d).transpose(1, 0, 2, 3).reshape(KV, n * grp, d)
+            sc = np.matmul(qg, kp.transpose(1, 2, 0))                                  # (KV, n*grp, t)
+            out[...] = sc.reshape(KV, n, grp, t).transpose(1, 0, 2, 3).reshape(n, H, t)
+            return out
         if not self.cfg.per_head and not self.cfg.pre_rope:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
             r = self.r
