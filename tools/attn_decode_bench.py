@@ -38,5 +38,5 @@ for name, c in caches.items():
         ts.append((time.perf_counter() - t) / 20)
     print(name, T, "ms/attend best %.3f med %.3f" % (min(ts) * 1e3, sorted(ts)[2] * 1e3))
 for nm in caches:
-    cProfile.run(f"for _ in range(50): caches['{nm}'].attend(q, 0.125)", "/tmp/exp/attn.prof")
-    print(nm); pstats.Stats("/tmp/exp/attn.prof").sort_stats("tottime").print_stats(6)
+    cProfile.run(f"for _ in range(50): caches['{nm}'].attend(q, 0.125)", "/tmp/attn_decode.prof")
+    print(nm); pstats.Stats("/tmp/attn_decode.prof").sort_stats("tottime").print_stats(6)
