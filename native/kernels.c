@@ -223,11 +223,12 @@ int svdq_get_rows(const unsigned char *w, long long rows, long long row_bytes, i
 int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const unsigned char *c2,
                       const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
                       const unsigned short *scale, const unsigned short *mn, long long nblk,
-                      const float *qt, long long m, long long B, float *out) {
+                      const float *qt, long long m, long long B, long long rb, float *out) {
     if (n8 < 0 || n4 < 0 || n2 < 0 || n1 < 0 || n8 + n4 + n2 + n1 > 1024 || B <= 0 || B % 8 || nblk < 0 || m < 0)
         return -3;
-    if (B > 1024) return -3;
+    if (B > 1024 || rb < 0 || (rb && (rb % 8 || B % rb))) return -3;
     const int64_t r = n8 + n4 + n2 + n1, MQ = 64;           /* queries scored per pass */
+    const int64_t sub = rb ? rb : B;                        /* tokens per query projection */
     const int nt = svdq_get_threads();
     /* per-thread scratch: base (MQ,) then acc (MQ, B), and a (MQ, r) */
     const size_t per = (size_t)(MQ + MQ * B + MQ * r + 1);
@@ -236,12 +237,33 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
     PARALLEL_ROWS(nblk, {
         float *acc = scratch + (size_t)thread_id() * per;
         for (int64_t b = r0; b < r1; b++)
-            for (int64_t i0 = 0; i0 < m; i0 += MQ)
-                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qt + i0 * r, r, NULL,
-                        m - i0 < MQ ? m - i0 : MQ, B, out + i0 * nblk * B, nblk * B, acc, acc + MQ + MQ * B);
+            for (int64_t t0 = 0; t0 < B; t0 += sub) {
+                /* rb > 0: qt (P/rb, m, r), the projection of rotation block (b*B + t0)/rb */
+                const float *qb = rb ? qt + ((b * B + t0) / rb) * m * r : qt;
+                for (int64_t i0 = 0; i0 < m; i0 += MQ)
+                    BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qb + i0 * r, r, NULL,
+                            m - i0 < MQ ? m - i0 : MQ, B, t0, t0 + sub, out + i0 * nblk * B, nblk * B, acc,
+                            acc + MQ + MQ * B);
+            }
     });
     free(scratch);
     return 0;
+}
+
+/* q (H, d) rotated back by the RoPE angles of one position (cos/sin rows (d/2,)): R^T q, neox
+ * halves or adjacent pairs. The relative frame scores a rotation block with its centre's R^T q. */
+static void unrotate_q(const float *q, int64_t H, int64_t d, const float *c, const float *s, int neox, float *out) {
+    const int64_t h2 = d / 2;
+    for (int64_t h = 0; h < H; h++) {
+        const float *x = q + h * d;
+        float *o = out + h * d;
+        for (int64_t e = 0; e < h2; e++) {
+            const int64_t i = neox ? e : 2 * e, k = neox ? e + h2 : 2 * e + 1;
+            const float a = x[i], b = x[k];
+            o[i] = a * c[e] + b * s[e];
+            o[k] = b * c[e] - a * s[e];
+        }
+    }
 }
 
 /* k-th largest of x (n,) by quickselect on the scratch copy w (n,) */
@@ -284,25 +306,39 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
                        const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
                        const unsigned short *scale, const unsigned short *mn, long long nblk, long long B,
                        const unsigned short *kf, long long S, long long nwin, const unsigned short *v,
-                       long long topk, float *scores, float *out) {
+                       long long topk, const float *cos_t, const float *sin_t, long long n_ctx, long long rb,
+                       int neox, float *scores, float *out) {
     if (H <= 0 || KV <= 0 || d <= 0 || H % KV || n8 < 0 || n4 < 0 || n2 < 0 || n1 < 0 ||
         n8 + n4 + n2 + n1 > 1024 || B <= 0 || B % 8 || B > 1024 || nblk < 0 || S < 0 || nwin < 0 || topk < 0)
         return -3;
     const int64_t r = n8 + n4 + n2 + n1, ldq = r + 1, P = nblk * B, T = S + P + nwin;
-    if (T <= 0) return -3;
+    if (T <= 0 || rb < 0 || (rb && (rb % 8 || B % rb || d % 2 || !cos_t || !sin_t || S + P > n_ctx))) return -3;
+    const int64_t sub = rb ? rb : B;                        /* tokens per query projection */
     const int nt = svdq_get_threads();
-    const size_t per = (size_t)(H + H * B + H * r + 1);     /* per thread: base (H,), acc (H, B), a (H, r) */
+    /* per thread: base (H,), acc (H, B), a (H, r), then rb > 0: R^T q (H, d) and its projection (H, r+1) */
+    const size_t per = (size_t)(H + H * B + H * r + 1 + (rb ? H * d + H * ldq : 0));
     float *qp = (float *)malloc((size_t)(H * ldq) * sizeof(float));          /* (H, r+1) latent q | q.mu */
     float *scratch = (float *)malloc((size_t)nt * per * sizeof(float));
     if (!qp || !scratch) { free(qp); free(scratch); return -5; }
     /* (PARALLEL_ROWS names its chunk bounds r0, r1: no locals of those names here) */
-    BY_PATH(latent_qproj, q, H, KV, d, vmu, ldq, qp);
+    if (!rb) BY_PATH(latent_qproj, q, H, KV, d, vmu, ldq, qp);
     if (nblk)
         PARALLEL_ROWS(nblk, {
             float *acc = scratch + (size_t)thread_id() * per;
+            float *qr = acc + H + H * B + H * r + 1;           /* (one declarator per statement: */
+            float *qpr = qr + H * d;                            /*  a comma would split the macro) */
             for (int64_t b = r0; b < r1; b++)
-                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qp, ldq, qp + r, H, B,
-                        scores + S, T, acc, acc + H + H * B);
+                for (int64_t t0 = 0; t0 < B; t0 += sub) {
+                    const float *qb = qp;
+                    if (rb) {   /* relative frame: this rotation block's codes are R(c)^T k, so score R(c)^T q */
+                        const int64_t c = S + b * B + t0 + rb / 2;
+                        unrotate_q(q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr);
+                        BY_PATH(latent_qproj, qr, H, KV, d, vmu, ldq, qpr);
+                        qb = qpr;
+                    }
+                    BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qb, ldq, qb + r, H, B,
+                            t0, t0 + sub, scores + S, T, acc, acc + H + H * B);
+                }
         });
     free(qp); free(scratch);
     /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */

@@ -93,14 +93,16 @@ static inline __attribute__((always_inline)) void FN(latent_tile)(const uint8_t 
 #undef LATENT_WIDTH
 #endif
 
-/* One packed block b of B tokens scored for m projected queries: out_i[t] = base_i +
- * sum_j (qt_ij scale_j) code_j[t]. x86: register tiles of 8 tokens x up to 8 queries; elsewhere
- * each channel's codes are unpacked once into floats and shared by the m queries (an axpy).
- * Query rows are ldq floats apart, output rows ostride; acc: scratch (m, B) floats; a: (m, r). */
+/* One packed block b of B tokens scored for m projected queries, tokens t0..t1 of the block (multiples
+ * of 8): out_i[t] = base_i + sum_j (qt_ij scale_j) code_j[t]. x86: register tiles of 8 tokens x up to
+ * 8 queries; elsewhere each channel's codes are unpacked once into floats and shared by the m
+ * queries (an axpy). Query rows are ldq floats apart, output rows ostride (column b*B + t);
+ * acc: scratch (m, B) floats; a: (m, r). */
 static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t *c2, const uint8_t *c1,
                              int64_t n8, int64_t n4, int64_t n2, int64_t n1, const uint16_t *scale,
                              const uint16_t *mn, int64_t b, const float *qt, int64_t ldq, const float *bias,
-                             int64_t m, int64_t B, float *out, int64_t ostride, float *acc, float *a) {
+                             int64_t m, int64_t B, int64_t t0, int64_t t1, float *out, int64_t ostride,
+                             float *acc, float *a) {
     const int64_t r = n8 + n4 + n2 + n1;
     float *base = acc;                                      /* (m,) in the scratch's first row */
     FN(latent_prep)(qt, ldq, bias, m, r, scale, mn, b, a, base);
@@ -108,7 +110,7 @@ static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t
     for (int64_t i0 = 0; i0 < m; i0 += 8) {
         const int64_t np = m - i0 < 8 ? m - i0 : 8;
         float *o = out + i0 * ostride + b * B;
-        for (int64_t t8 = 0; t8 < B / 8; t8++) {
+        for (int64_t t8 = t0 / 8; t8 < t1 / 8; t8++) {
             switch (np) {   /* a constant NP lets the compiler keep the accumulators in registers */
             case 1: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 1, o, ostride); break;
             case 2: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 2, o, ostride); break;
@@ -125,7 +127,7 @@ static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t
     float code[1024];
     float *ac = acc + m;                                    /* (m, B) after base */
     for (int64_t i = 0; i < m; i++)
-        for (int64_t t = 0; t < B; t++) ac[i * B + t] = base[i];
+        for (int64_t t = t0; t < t1; t++) ac[i * B + t] = base[i];
     int64_t j = 0;
     for (int64_t c = 0; c < r; c++, j++) {
         /* unpack channel j's B codes once */
@@ -142,10 +144,11 @@ static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t
         for (int64_t i = 0; i < m; i++) {
             const float aj = a[i * r + j];
             float *o = ac + i * B;
-            for (int64_t t = 0; t < B; t++) o[t] += aj * code[t];
+            for (int64_t t = t0; t < t1; t++) o[t] += aj * code[t];
         }
     }
-    for (int64_t i = 0; i < m; i++) memcpy(out + i * ostride + b * B, ac + i * B, (size_t)B * sizeof(float));
+    for (int64_t i = 0; i < m; i++)
+        memcpy(out + i * ostride + b * B + t0, ac + i * B + t0, (size_t)(t1 - t0) * sizeof(float));
 #endif
 }
 

@@ -15,7 +15,7 @@
 #include "svdq_edge.h"
 
 enum { OP_MATMUL = 1, OP_DEQUANT = 2, OP_GET_ROWS = 3, OP_LATENT = 4, OP_QK = 5, OP_SOFTMAX_AV = 6, OP_LATENT_ATTEND = 7 };
-#define MAXBUF 12
+#define MAXBUF 14
 #define NPARAM 16
 
 static int rd64(FILE *f, int64_t *v) { return fread(v, 8, 1, f) == 1; }
@@ -47,32 +47,38 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
     case OP_GET_ROWS:     /* p: qtype, rows, row_bytes, k, m; b: w, ids int64 (m,) */
         if (nbuf != 2 || nbytes[0] != p[1] * p[2] || nbytes[1] != 8 * p[4]) return -101;
         return svdq_get_rows(b[0], p[1], p[2], (int)p[0], p[3], (const long long *)b[1], p[4], out);
-    case OP_LATENT:       /* p: n8, n4, n2, n1, nblk, m, B; b: c8, c4, c2, c1, scale, min (f16 bits), qt float */
+    case OP_LATENT: {     /* p: n8, n4, n2, n1, nblk, m, B, rb; b: c8, c4, c2, c1, scale, min (f16 bits),
+                           * qt float (nrb, m, r), nrb = nblk*B/rb (1 when rb = 0) */
+        const int64_t nrb = p[7] > 0 ? p[4] * p[6] / p[7] : 1;
         if (nbuf != 7 || nbytes[0] != p[4] * p[0] * p[6] || nbytes[1] != p[4] * p[1] * p[6] / 2
             || nbytes[2] != p[4] * p[2] * p[6] / 4 || nbytes[3] != p[4] * p[3] * p[6] / 8
             || nbytes[4] != 2 * p[4] * (p[0] + p[1] + p[2] + p[3]) || nbytes[5] != nbytes[4]
-            || nbytes[6] != 4 * p[5] * (p[0] + p[1] + p[2] + p[3])) return -101;
+            || nbytes[6] != 4 * nrb * p[5] * (p[0] + p[1] + p[2] + p[3])) return -101;
         return svdq_latent_score(b[0], b[1], b[2], b[3], p[0], p[1], p[2], p[3], (const unsigned short *)b[4],
-                                 (const unsigned short *)b[5], p[4], (const float *)b[6], p[5], p[6], out);
+                                 (const unsigned short *)b[5], p[4], (const float *)b[6], p[5], p[6], p[7], out);
+    }
     case OP_QK:           /* p: nq, H, KV, d, T; b: q float (nq, H, d), k f16 bits (T, KV, d) */
         if (nbuf != 2 || nbytes[0] != 4 * p[0] * p[1] * p[3] || nbytes[1] != 2 * p[4] * p[2] * p[3]) return -101;
         return svdq_qk_f16((const float *)b[0], (const unsigned short *)b[1], p[0], p[1], p[2], p[3], p[4], out);
     case OP_SOFTMAX_AV:   /* p: nq, H, KV, d, T; b: scores float (nq, H, T), v f16 bits (T, KV, d) */
         if (nbuf != 2 || nbytes[0] != 4 * p[0] * p[1] * p[4] || nbytes[1] != 2 * p[4] * p[2] * p[3]) return -101;
         return svdq_softmax_av_f16((float *)b[0], (const unsigned short *)b[1], p[0], p[1], p[2], p[3], p[4], out);
-    case OP_LATENT_ATTEND: {  /* p: n8, n4, n2, n1, nblk, B, H, KV, d, sinks, nwin, topk; b: c8, c4, c2, c1,
-                               * scale, min, q float (H, d), vmu float (KV, d, r+1), kf f16 bits
-                               * (sinks+nwin, KV, d), v f16 bits (T, KV, d), scores float (H, T) */
+    case OP_LATENT_ATTEND: {  /* p: n8, n4, n2, n1, nblk, B, H, KV, d, sinks, nwin, topk, rb, neox, n_ctx;
+                               * b: c8, c4, c2, c1, scale, min, q float (H, d), vmu float (KV, d, r+1), kf f16
+                               * bits (sinks+nwin, KV, d), v f16 bits (T, KV, d), scores float (H, T), then
+                               * cos, sin float (n_ctx, d/2) (empty when rb = 0) */
         const int64_t r = p[0] + p[1] + p[2] + p[3], T = p[9] + p[4] * p[5] + p[10];
-        if (nbuf != 11 || nbytes[0] != p[4] * p[0] * p[5] || nbytes[1] != p[4] * p[1] * p[5] / 2
+        if (nbuf != 13 || nbytes[0] != p[4] * p[0] * p[5] || nbytes[1] != p[4] * p[1] * p[5] / 2
             || nbytes[2] != p[4] * p[2] * p[5] / 4 || nbytes[3] != p[4] * p[3] * p[5] / 8
             || nbytes[4] != 2 * p[4] * r || nbytes[5] != nbytes[4] || nbytes[6] != 4 * p[6] * p[8]
             || nbytes[7] != 4 * p[7] * p[8] * (r + 1) || nbytes[8] != 2 * (p[9] + p[10]) * p[7] * p[8]
-            || nbytes[9] != 2 * T * p[7] * p[8] || nbytes[10] != 4 * p[6] * T) return -101;
+            || nbytes[9] != 2 * T * p[7] * p[8] || nbytes[10] != 4 * p[6] * T
+            || nbytes[11] != 4 * p[14] * (p[8] / 2) || nbytes[12] != nbytes[11]) return -101;
         return svdq_latent_attend((const float *)b[6], p[6], p[7], p[8], (const float *)b[7], b[0], b[1], b[2], b[3],
                                   p[0], p[1], p[2], p[3], (const unsigned short *)b[4], (const unsigned short *)b[5],
                                   p[4], p[5], (const unsigned short *)b[8], p[9], p[10], (const unsigned short *)b[9],
-                                  p[11], (float *)b[10], out);
+                                  p[11], nbytes[11] ? (const float *)b[11] : NULL,
+                                  nbytes[12] ? (const float *)b[12] : NULL, p[14], p[12], (int)p[13], (float *)b[10], out);
     }
     default:
         return -101;

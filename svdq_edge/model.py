@@ -43,8 +43,9 @@ class Model:
                  chat_template_file: str | None = None, threads: int | None = None, device: str = "cpu"):
         from .kvcache.factory import CacheOptions
         # --device cuda (issue 5): fails here, before loading, when there is no GPU or numba-cuda
-        from .arch.cuda_transformer import check_device
+        from .arch.cuda_transformer import check_device, device_cache_options
         self.device = check_device(device, cache_options)
+        cache_options = device_cache_options(self.device, cache_options or CacheOptions())
         self.path = Path(path)
         self.gguf = GGUFFile(self.path)
         self.args: ModelArgs = args_from_gguf(self.gguf)

@@ -27,9 +27,12 @@ class RoPE:
         return kernels.rope(x, self.cos, self.sin, pos0, self.neox)
 
     def apply_at(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """x: float32 (n, heads, head_dim) at arbitrary positions (n,) -> rotated copy."""
-        c = self.cos[positions][:, None, :]
-        s = self.sin[positions][:, None, :]
+        """x: float32 (n, heads, head_dim) at arbitrary positions (n,) -> rotated copy. A negative
+        position -p rotates back by p (R(-p) = R(p)^T): cos is even, sin odd."""
+        positions = np.asarray(positions)
+        a = np.abs(positions)
+        c = self.cos[a][:, None, :]
+        s = (self.sin[a] * np.sign(positions)[:, None].astype(np.float32))[:, None, :]
         half = self.head_dim // 2
         out = np.empty_like(x)
         if self.neox:
@@ -69,3 +72,11 @@ class RoPE:
                 rot = lambda X: self.apply_at(X.reshape(D, m, self.head_dim), pos).reshape(D, D)
                 out[g] += rot(rot(M[g]).T)                                        # R M R^T
         return out / len(offs)
+
+
+def block_centers(p0: int, n: int, rb: int, origin: int) -> np.ndarray:
+    """Rotation centres (n,) of positions p0..p0+n-1 in blocks of rb tokens counted from `origin`:
+    the block-relative frame stores a key rotated back by its block's centre, R(p - c) k_pre, so
+    within a block the key sits within rb/2 positions of its pre-RoPE frame (RESULTS.md 2.5)."""
+    p = np.arange(p0, p0 + n, dtype=np.int64)
+    return origin + ((p - origin) // rb) * rb + rb // 2

@@ -26,6 +26,7 @@ from test_quants import FLOATS, QTYPES, random_blocks
 
 from svdq_edge.kernels import ref, svdq_ref
 from svdq_edge.quants import LAYOUTS, row_bytes
+from svdq_edge.rope import RoPE
 
 NATIVE = Path(__file__).resolve().parent.parent / "native"
 CFLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fopenmp", "-I", str(NATIVE)]
@@ -177,15 +178,21 @@ def build_cases() -> list[Case]:
                 p, scale[b], mn[b] = svdq_ref.quantize_block(rng.standard_normal((B, r)).astype(np.float32), widths)
                 for c, pp in zip(codes, p):
                     c[b] = pp
-            qt = rng.standard_normal((m, r)).astype(np.float32)
-            want = svdq_ref.score(codes, scale, mn, widths, qt, B)
             z = np.concatenate([svdq_ref.dequantize_block([c[b] for c in codes], scale[b], mn[b], widths, B)
                                 for b in range(nblk)])                                # (nblk*B, r)
-            cases.append(Case("latent", f"widths {widths.tolist()} B={B}", "latent", [*counts, nblk, m, B],
-                              [*codes, scale, mn, qt], _expect_close(want, np.abs(qt) @ np.abs(z).T)))
+            # one projection for all tokens, or one per rotation block of 8 tokens (relative frame)
+            for rb in (0, 8):
+                qt = rng.standard_normal((nblk * B // rb, m, r) if rb else (m, r)).astype(np.float32)
+                want = svdq_ref.score(codes, scale, mn, widths, qt, B)
+                q3 = np.abs(qt).reshape(-1, m, r)                                        # (nrb, m, r)
+                zb = np.abs(z).reshape(q3.shape[0], -1, r)                               # (nrb, rb, r)
+                size = np.concatenate([q3[j] @ zb[j].T for j in range(q3.shape[0])], axis=1)   # (m, nblk*B)
+                cases.append(Case("latent", f"widths {widths.tolist()} B={B} rb={rb}", "latent", [*counts, nblk, m, B, rb],
+                                  [*codes, scale, mn, qt], _expect_close(want, size)))
     # the one-call SVDq decode attention (latent scores, f16 sinks and window, top-k, softmax.V)
     widths = np.array([8, 4, 4, 2, 2, 1, 1, 1, 1])
-    for H, KV, d, B, nblk, S, nwin, topk in [(14, 2, 64, 64, 3, 4, 37, 10), (6, 3, 20, 8, 5, 2, 5, 0)]:
+    for H, KV, d, B, nblk, S, nwin, topk, rb in [(14, 2, 64, 64, 3, 4, 37, 10, 0), (6, 3, 20, 8, 5, 2, 5, 0, 0),
+                                                 (14, 2, 64, 64, 3, 4, 37, 0, 32), (6, 3, 20, 8, 5, 2, 5, 7, 8)]:
         r = len(widths)
         counts = svdq_ref.width_counts(widths)
         codes = [np.zeros((nblk, c, B * w // 8), np.uint8) for w, c in zip(svdq_ref.PACK_WIDTHS, counts)]
@@ -200,10 +207,14 @@ def build_cases() -> list[Case]:
         vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
         kf = rng.standard_normal((S + nwin, KV, d)).astype(np.float16)
         v = rng.standard_normal((Tn, KV, d)).astype(np.float16)
-        want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, S, nwin, v, topk)
-        cases.append(Case("latent", f"latent attend {H},{KV},{d} B={B} topk={topk}", "latent_attend",
-                          [*counts, nblk, B, H, KV, d, S, nwin, topk],
-                          [*codes, scale, mn, q, vmu, kf.view(np.uint16), v.view(np.uint16), np.zeros(H * Tn, np.float32)],
+        rope = RoPE(d, 10000.0, Tn, rb != 8)                                           # both pair layouts
+        want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, S, nwin, v, topk, rb, rope.cos,
+                                      rope.sin, rope.neox)
+        tabs = [rope.cos, rope.sin] if rb else [np.zeros(0, np.float32)] * 2
+        cases.append(Case("latent", f"latent attend {H},{KV},{d} B={B} topk={topk} rb={rb}", "latent_attend",
+                          [*counts, nblk, B, H, KV, d, S, nwin, topk, rb, int(rope.neox), Tn if rb else 0],
+                          [*codes, scale, mn, q, vmu, kf.view(np.uint16), v.view(np.uint16), np.zeros(H * Tn, np.float32),
+                           *tabs],
                           _expect_close(want, np.abs(v).astype(np.float64).max() * np.ones_like(want), 1e-4)))
     # attention over f16 K/V: GQA shapes, d not a multiple of 8, T = 1; long T splits softmax.V into
     # token chunks (merged by their maxima), the masked second half leaves whole chunks at -inf
@@ -247,6 +258,9 @@ def build_cases() -> list[Case]:
         Case("errors", "row id past the end", "get_rows", [int(T.Q4_K), 4, 144, 256, 1], [q4k, np.array([4], np.int64)], _expect_error(-4)),
         Case("errors", "negative row id", "get_rows", [int(T.Q4_K), 4, 144, 256, 1], [q4k, np.array([-1], np.int64)], _expect_error(-4)),
         Case("errors", "dequant range past the end", "dequant", [int(T.Q4_K), 4, 144, 256, 2, 5], [q4k], _expect_error(-3)),
+        Case("errors", "rotation block does not divide the block", "latent", [1, 1, 0, 0, 2, 1, 16, 12],
+             [np.zeros(32, np.uint8), np.zeros(16, np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.uint8),
+              np.zeros(4, np.uint16), np.zeros(4, np.uint16), np.zeros(4, np.float32)], _expect_error(-3)),
         Case("errors", "latent block not a multiple of 8", "latent", [1, 1, 0, 0, 2, 1, 12],
              [np.zeros(24, np.uint8), np.zeros(12, np.uint8), np.zeros(0, np.uint8), np.zeros(0, np.uint8),
               np.zeros(4, np.uint16), np.zeros(4, np.uint16), np.zeros(2, np.float32)], _expect_error(-3)),

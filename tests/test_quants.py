@@ -192,26 +192,34 @@ def test_native_latent_score_matches_oracle():
     widths = np.array([8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1])
     r, B, nblk = len(widths), 64, 3
     codes, scale, mn = packed_blocks(rng, widths, nblk, B)
-    qt = rng.standard_normal((4, r)).astype(np.float32)
-    want = svdq_ref.score(codes, scale, mn, widths, qt, B)
-    for p in cpu_c.cpu_paths():
-        cpu_c.set_path(p)
-        try:
-            got = cpu_c.score(codes, scale, mn, widths, qt, B)
-        finally:
-            cpu_c.set_path(None)
-        assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()), p
+    # one projection for every token, or one per rotation block of 32 / 8 tokens (relative frame)
+    for qt in (rng.standard_normal((4, r)), rng.standard_normal((6, 4, r)), rng.standard_normal((24, 5, r))):
+        qt = qt.astype(np.float32)
+        want = svdq_ref.score(codes, scale, mn, widths, qt, B)
+        for p in cpu_c.cpu_paths():
+            cpu_c.set_path(p)
+            try:
+                got = cpu_c.score(codes, scale, mn, widths, qt, B)
+            finally:
+                cpu_c.set_path(None)
+            assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()), (p, qt.shape)
+    with pytest.raises(ValueError, match="rotation blocks"):
+        cpu_c.score(codes, scale, mn, widths, np.zeros((5, 4, r), np.float32), B)
 
 
-# (H, KV, d, B, nblk, sinks, nwin, topk): GQA and plain heads, d not a multiple of 8, no sinks or
-# no window, a top-k cut, and enough tokens (T = 1590) that softmax.V splits into chunks
-ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0), (14, 2, 64, 64, 3, 4, 37, 10), (4, 1, 256, 24, 2, 0, 0, 0),
-                (6, 3, 20, 8, 5, 2, 5, 7), (1, 1, 8, 128, 1, 0, 1, 0), (8, 1, 64, 128, 12, 4, 50, 300)]
+# (H, KV, d, B, nblk, sinks, nwin, topk, rb): GQA and plain heads, d not a multiple of 8, no sinks
+# or no window, a top-k cut, enough tokens (T = 1590) that softmax.V splits into chunks, and the
+# relative frame (rb > 0: one query projection per rotation block of rb tokens)
+ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0, 0), (14, 2, 64, 64, 3, 4, 37, 10, 0), (4, 1, 256, 24, 2, 0, 0, 0, 0),
+                (6, 3, 20, 8, 5, 2, 5, 7, 0), (1, 1, 8, 128, 1, 0, 1, 0, 0), (8, 1, 64, 128, 12, 4, 50, 300, 0),
+                (14, 2, 64, 64, 3, 4, 37, 0, 32), (14, 2, 64, 128, 4, 4, 33, 40, 64), (4, 1, 256, 24, 2, 0, 0, 0, 8),
+                (6, 3, 20, 8, 5, 2, 5, 7, 8), (8, 1, 64, 128, 12, 4, 50, 0, 128)]
 
 
-@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk", ATTEND_CASES)
-def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk):
+@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb", ATTEND_CASES)
+def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk, rb):
     """The one-call SVDq decode attention on every path against svdq_ref.decode_attend (float64)."""
+    from svdq_edge.rope import RoPE
     from svdq_edge.kernels import cpu_c, svdq_ref
     rng = np.random.default_rng(H * 1000 + d + topk)
     widths = np.array([8, 4, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1, 1])
@@ -222,12 +230,16 @@ def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, top
     vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
     kf = rng.standard_normal((sinks + nwin + 3, KV, d)).astype(np.float16)       # spare rows past the window
     v = rng.standard_normal((T + 5, KV, d)).astype(np.float16)
-    want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, sinks, nwin, v, topk)
+    neox = rb % 16 == 0                                     # both pair layouts
+    rope = RoPE(d, 10000.0, T + 3, neox)
+    want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, sinks, nwin, v, topk,
+                                  rb, rope.cos, rope.sin, neox)
     scorer = cpu_c.PackedScorer(codes, scale, mn, B)
+    rot = (rb, rope.cos, rope.sin, neox) if rb else None
     for p in cpu_c.cpu_paths():
         cpu_c.set_path(p)
         try:
-            got = scorer.attend(q, vmu, kf, sinks, nwin, v, topk, np.full(H * T + 7, np.nan, np.float32))
+            got = scorer.attend(q, vmu, kf, sinks, nwin, v, topk, np.full(H * T + 7, np.nan, np.float32), rot)
         finally:
             cpu_c.set_path(None)
         assert np.abs(got - want).max() < 1e-4 * np.abs(v).astype(np.float32).max(), (p, np.abs(got - want).max())
@@ -248,11 +260,21 @@ def test_native_latent_attend_refuses_bad_sizes():
         with pytest.raises(ValueError, match="latent attend"):
             scorer.attend(q, **{**ok, **bad})
     # the C entry point itself refuses what the wrapper would not pass: GQA that does not divide
-    rc = cpu_c.lib.svdq_latent_attend(cpu_c._ptr(q, "float *"), 3, 2, 8, cpu_c._ptr(ok["vmu"], "float *"),
-                                      *scorer._args, 16, cpu_c._ptr(kf, "unsigned short *"), 2, 4,
-                                      cpu_c._ptr(v, "unsigned short *"), 0, cpu_c._ptr(ok["scores"], "float *"),
-                                      cpu_c._ptr(np.zeros((4, 8), np.float32), "float *"))
-    assert rc == -3
+    from svdq_edge.rope import RoPE
+    rope = RoPE(8, 10000.0, 38, True)
+    with pytest.raises(ValueError, match="RoPE tables"):
+        scorer.attend(q, **ok, rot=(8, rope.cos[:, :3].copy(), rope.sin[:, :3].copy(), True))
+
+    def raw(H=4, rb=0, n_ctx=38):
+        return cpu_c.lib.svdq_latent_attend(
+            cpu_c._ptr(q, "float *"), H, 2, 8, cpu_c._ptr(ok["vmu"], "float *"), *scorer._args, 16,
+            cpu_c._ptr(kf, "unsigned short *"), 2, 4, cpu_c._ptr(v, "unsigned short *"), 0,
+            cpu_c._ptr(rope.cos, "float *"), cpu_c._ptr(rope.sin, "float *"), n_ctx, rb, 1,
+            cpu_c._ptr(ok["scores"], "float *"), cpu_c._ptr(np.zeros((4, 8), np.float32), "float *"))
+    assert raw() == 0 and raw(rb=8) == 0
+    # the C entry point itself refuses what the wrapper would not pass: GQA that does not divide,
+    # a rotation block that does not divide the block, RoPE tables shorter than the packed tokens
+    assert raw(H=3) == -3 and raw(rb=12) == -3 and raw(rb=32) == -3 and raw(rb=8, n_ctx=20) == -3
 
 
 @pytest.mark.parametrize("n,heads,d", [(1, 14, 64), (3, 4, 256), (5, 3, 10), (2, 1, 2)])

@@ -99,7 +99,7 @@ def cmd_spectra(a):
                                    ("auto-1.5", None), ("auto-2.0", None)]:
                     budget = float(name.split("-")[1]) if bits is None else 0
                     for src, basis_keys in list(src_keys.items()) + [("prompt", kk)]:
-                        cfg = SVDqConfig(bits=bits, budget=budget or 1.5, pre_rope=rope == "pre",
+                        cfg = SVDqConfig(bits=bits, budget=budget or 1.5, rope=rope,
                                          per_head=grouping == "per-head")
                         basis = compute_basis(basis_keys, cfg)
                         rec = latent_roundtrip(kk.copy(), basis)
@@ -159,7 +159,7 @@ def cmd_quality(a):
         kw = dict(x.split("=") for x in spec.split(",") if x)
         bits = kw.get("bits", "auto")
         cfg = SVDqConfig(bits=None if bits == "auto" else PRESETS.get(bits) or tuple(int(c) for c in bits.split(":")),
-                         budget=float(kw.get("budget", 1.5)), pre_rope=kw.get("rope", "post") == "pre",
+                         budget=float(kw.get("budget", 1.5)), rope=kw.get("rope", SVDqConfig.rope), rot_block=int(kw.get("rb", SVDqConfig.rot_block)),
                          per_head=kw.get("basis", "per-layer") == "per-head", window=int(kw.get("window", SVDqConfig.window)),
                          topk=float(kw["topk"]) if "topk" in kw else None, rank_by=kw.get("rank", "scores"),
                          basis_source=kw.get("source", "calibrated"), prompt_tokens=int(kw.get("ptok", 1024)),

@@ -8,7 +8,8 @@ and are allocated once, at construction and in set_caches(). A decode step sends
 Same math as transformer.py for llama, qwen2 and gemma3 (embedding scale, q/k norms, post norms,
 GELU-tanh, sliding-window local layers with their own RoPE base). Differences: matmuls use float32
 activations (the CPU backends quantize activations to 8-bit blocks; the numpy backend does not),
-and SVDq supports the post-RoPE basis without --svdq-topk.
+and SVDq supports the absolute post-RoPE frame without --svdq-topk (the default relative frame is
+switched to it by device_cache_options, with a note).
 
 Status: run only under Numba's CUDA simulator (tests/test_cuda_sim.py compares its logits with the
 CPU path on a tiny random model); not yet run or timed on a GPU.
@@ -44,6 +45,19 @@ def check_device(device: str, cache_options) -> str:
             raise SvdqError("--device cuda: the GPU SVDq cache supports the calibrated post-RoPE basis "
                             "without --svdq-topk (drop --svdq-rope pre / --svdq-topk / --svdq-basis-source prompt)")
     return device
+
+
+def device_cache_options(device: str, cache_options):
+    """The GPU SVDq kernels code keys in the absolute post-RoPE frame only: the default relative
+    frame becomes post-RoPE (spread basis) there, said once on stderr; anything else unchanged."""
+    o = cache_options
+    if device != "cuda" or o is None or o.ctk != "svdq" or o.svdq.rope != "relative":
+        return o
+    import sys
+    from dataclasses import replace
+    print("svdq-edge: --device cuda: the GPU SVDq cache stores keys in the absolute post-RoPE frame "
+          "(--svdq-rope post)", file=sys.stderr)
+    return replace(o, svdq=replace(o.svdq, rope="post"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,11 +136,17 @@ BATCH_QUERIES = 16
 def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray,
                block: int) -> np.ndarray:
     """Scores of packed SVDq tokens straight from their codes (see svdq_ref for the layout):
-    qt float32 (m, r) projected queries -> float32 (m, nblk*block)."""
-    if qt.shape[0] >= BATCH_QUERIES and scale.shape[0]:
+    qt float32 (m, r) projected queries, or (nrb, m, r) one per rotation block of the relative
+    frame -> float32 (m, nblk*block)."""
+    if qt.shape[-2] >= BATCH_QUERIES and scale.shape[0]:
         from . import svdq_ref
         z = svdq_ref.dequantize_all(codes, scale, mn, block)                           # (nblk*block, r)
-        return np.ascontiguousarray(qt, np.float32) @ z.T
+        if qt.ndim == 2:
+            return np.ascontiguousarray(qt, np.float32) @ z.T
+        nrb = qt.shape[0]
+        rb = svdq_ref.rot_block_of(nrb, scale.shape[0], block)
+        sc = np.matmul(qt.astype(np.float32), z.reshape(nrb, rb, -1).transpose(0, 2, 1))   # (nrb, m, rb)
+        return sc.transpose(1, 0, 2).reshape(qt.shape[1], nrb * rb)
     name = backend_name()
     if name == "numpy":
         from . import svdq_ref as mod
@@ -169,7 +175,7 @@ def svdq_scorer(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarr
     fast = backend().PackedScorer(codes, scale, mn, block) if backend_name() == "c" else None
 
     def run(qt: np.ndarray) -> np.ndarray:
-        if fast is None or qt.shape[0] >= BATCH_QUERIES:
+        if fast is None or qt.shape[-2] >= BATCH_QUERIES:
             return svdq_score(codes, scale, mn, widths, qt, block)
         return fast(qt)
     # one-call decode attention (latent scores, f16 sinks and window, top-k, softmax.V) where the

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import svdq_ref
+
 NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
 PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "neon_dot": 4}
 ERRORS = {-1: "unsupported tensor type", -2: "row size does not match type and columns",
@@ -152,12 +154,13 @@ class PackedScorer:
         return hit[1]
 
     def attend(self, q: np.ndarray, vmu: np.ndarray, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
-               topk: int, scores: np.ndarray) -> np.ndarray:
+               topk: int, scores: np.ndarray, rot=None) -> np.ndarray:
         """One decode query per head over the packed blocks plus f16 sinks and window, in one call.
         q: float32 (H, d) scaled; vmu: float32 (KV, d, r+1) basis rows | mean per KV head;
         kf: float16 (>= sinks+nwin, KV, d) sink rows then window rows; v: float16 (>= T, KV, d) by
-        position; topk: packed tokens kept per head (0 = all); scores: float32 scratch (>= H*T,).
-        Returns (H, d)."""
+        position; topk: packed tokens kept per head (0 = all); scores: float32 scratch (>= H*T,);
+        rot: None (absolute frame) or (rb, cos, sin, neox) for the relative frame, cos/sin float32
+        (n_ctx, d/2) RoPE tables (svdq_ref.decode_attend). Returns (H, d)."""
         H, d = q.shape
         KV = vmu.shape[0]
         T = sinks + self.nblk * self.B + nwin
@@ -168,20 +171,30 @@ class PackedScorer:
             raise ValueError("latent attend: buffer shapes do not match")
         q = np.ascontiguousarray(q, np.float32)
         out = np.empty((H, d), np.float32)
+        if rot is None:
+            rb, ct, st, n_ctx, neox = 0, ffi.NULL, ffi.NULL, 0, 1
+        else:
+            rb, cos, sin, neox = rot
+            if (cos.shape != sin.shape or cos.shape[1:] != (d // 2,) or cos.dtype != np.float32
+                    or sin.dtype != np.float32 or not cos.flags.c_contiguous or not sin.flags.c_contiguous):
+                raise ValueError("latent attend: RoPE tables do not match")
+            ct, st, n_ctx = self._p("cos", cos, "float *"), self._p("sin", sin, "float *"), cos.shape[0]
         _ok(lib.svdq_latent_attend(_ptr(q, "float *"), H, KV, d, self._p("vmu", vmu, "float *"), *self._args,
                                    self.B, self._p("kf", kf, "unsigned short *"), sinks, nwin,
-                                   self._p("v", v, "unsigned short *"), topk, self._p("scores", scores, "float *"),
-                                   _ptr(out, "float *")), "latent attend")
+                                   self._p("v", v, "unsigned short *"), topk, ct, st, n_ctx, rb, int(bool(neox)),
+                                   self._p("scores", scores, "float *"), _ptr(out, "float *")), "latent attend")
         return out
 
     def __call__(self, qt: np.ndarray) -> np.ndarray:
         qt = np.ascontiguousarray(qt, np.float32)
-        out = np.empty((qt.shape[0], self.nblk * self.B), np.float32)
+        out = np.empty((qt.shape[-2], self.nblk * self.B), np.float32)
         if self.nblk == 0:
             return out
-        if qt.ndim != 2 or qt.shape[1] != self.r:
+        if qt.ndim not in (2, 3) or qt.shape[-1] != self.r:
             raise ValueError(f"queries {qt.shape} do not match r={self.r}")
-        _ok(lib.svdq_latent_score(*self._args, _ptr(qt, "float *"), qt.shape[0], self.B, _ptr(out, "float *")),
+        # (nrb, m, r): one projection per rotation block (the relative frame)
+        rb = 0 if qt.ndim == 2 else svdq_ref.rot_block_of(qt.shape[0], self.nblk, self.B)
+        _ok(lib.svdq_latent_score(*self._args, _ptr(qt, "float *"), qt.shape[-2], self.B, rb, _ptr(out, "float *")),
             "latent score")
         return out
 

@@ -7,62 +7,66 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import svdq_ref
 from .cpu_numba import _h2f
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _score(c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, qt, B, out):
+def _score(c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, qt3, B, rb, out):
+    """qt3 (nrb, m, r): projections per rotation block of rb tokens (rb divides B); the tokens of
+    block b from t0 take qt3[(b*B + t0) // rb]. One projection for all tokens: nrb = 1, rb = 0."""
     nblk = scale.shape[0]
-    m = qt.shape[0]
-    r = qt.shape[1]
+    m = qt3.shape[1]
+    r = qt3.shape[2]
+    sub = rb if rb > 0 else B
     for b in prange(nblk):
         a = np.empty(r, np.float32)
-        for i in range(m):
-            base = np.float32(0.0)
-            for j in range(r):
-                a[j] = qt[i, j] * _h2f(np.uint32(scale[b, j]))
-                base += qt[i, j] * _h2f(np.uint32(mn[b, j]))
-            o = out[i, b * B:(b + 1) * B]
-            o[:] = base
-            j = 0
-            for k in range(n8):
-                aj = a[j]
-                for t in range(B):
-                    o[t] += aj * np.float32(c8[b, k, t])
-                j += 1
-            for k in range(n4):
-                aj = a[j]
-                for t2 in range(B // 2):
-                    v = c4[b, k, t2]
-                    o[2 * t2] += aj * np.float32(v & 15)
-                    o[2 * t2 + 1] += aj * np.float32(v >> 4)
-                j += 1
-            for k in range(n2):
-                aj = a[j]
-                for t4 in range(B // 4):
-                    v = c2[b, k, t4]
-                    o[4 * t4] += aj * np.float32(v & 3)
-                    o[4 * t4 + 1] += aj * np.float32((v >> 2) & 3)
-                    o[4 * t4 + 2] += aj * np.float32((v >> 4) & 3)
-                    o[4 * t4 + 3] += aj * np.float32(v >> 6)
-                j += 1
-            for k in range(n1):
-                aj = a[j]
-                for t8 in range(B // 8):
-                    v = c1[b, k, t8]
-                    for u in range(8):
-                        if (v >> u) & 1:
-                            o[8 * t8 + u] += aj
-                j += 1
+        for t0 in range(0, B, sub):
+            qt = qt3[(b * B + t0) // rb] if rb > 0 else qt3[0]
+            for i in range(m):
+                base = np.float32(0.0)
+                for j in range(r):
+                    a[j] = qt[i, j] * _h2f(np.uint32(scale[b, j]))
+                    base += qt[i, j] * _h2f(np.uint32(mn[b, j]))
+                o = out[i, b * B + t0:b * B + t0 + sub]
+                o[:] = base
+                j = 0
+                for k in range(n8):
+                    aj = a[j]
+                    for t in range(sub):
+                        o[t] += aj * np.float32(c8[b, k, t0 + t])
+                    j += 1
+                for k in range(n4):
+                    aj = a[j]
+                    for t in range(sub):
+                        u = t0 + t
+                        o[t] += aj * np.float32((c4[b, k, u >> 1] >> (4 * (u & 1))) & 15)
+                    j += 1
+                for k in range(n2):
+                    aj = a[j]
+                    for t in range(sub):
+                        u = t0 + t
+                        o[t] += aj * np.float32((c2[b, k, u >> 2] >> (2 * (u & 3))) & 3)
+                    j += 1
+                for k in range(n1):
+                    aj = a[j]
+                    for t in range(sub):
+                        u = t0 + t
+                        if (c1[b, k, u >> 3] >> (u & 7)) & 1:
+                            o[t] += aj
+                    j += 1
 
 
 def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths, qt: np.ndarray, B: int) -> np.ndarray:
-    """Same contract as svdq_ref.score; scale/mn f16 arrays are read as raw bits."""
+    """Same contract as svdq_ref.score (qt (m, r), or (nrb, m, r) per rotation block); scale/mn f16
+    arrays are read as raw bits."""
     nblk = scale.shape[0]
-    out = np.empty((qt.shape[0], nblk * B), np.float32)
+    out = np.empty((qt.shape[-2], nblk * B), np.float32)
     if nblk == 0:
         return out
+    rb = 0 if qt.ndim == 2 else svdq_ref.rot_block_of(qt.shape[0], nblk, B)
+    q3 = np.ascontiguousarray(qt if qt.ndim == 3 else qt[None], np.float32)
     c8, c4, c2, c1 = codes
     _score(c8, c4, c2, c1, c8.shape[1], c4.shape[1], c2.shape[1], c1.shape[1],
-           scale.view(np.uint16), mn.view(np.uint16), np.ascontiguousarray(qt, np.float32), B, out)
+           scale.view(np.uint16), mn.view(np.uint16), q3, B, rb, out)
     return out

@@ -101,18 +101,45 @@ def dequantize_all(codes: list, scale: np.ndarray, mn: np.ndarray, B: int) -> np
 
 def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray, B: int) -> np.ndarray:
     """codes: per width, uint8 (nblk, n_w, B*w/8); scale, mn: f16 (nblk, r); qt: float32 (m, r)
-    projected queries -> scores float32 (m, nblk*B) = qt . z for every packed token."""
+    projected queries, or (nrb, m, r): one projection per rotation block of rb = nblk*B/nrb tokens
+    (the relative frame; rb divides B) -> scores float32 (m, nblk*B) = qt . z for every packed token."""
     nblk = scale.shape[0]
-    out = np.empty((qt.shape[0], nblk * B), np.float32)
+    q3 = qt[None] if qt.ndim == 2 else qt
+    rb = B if qt.ndim == 2 else rot_block_of(q3.shape[0], nblk, B)
+    out = np.empty((q3.shape[1], nblk * B), np.float32)
     for b in range(nblk):
         z = dequantize_block([c[b] for c in codes], scale[b], mn[b], widths, B)
-        out[:, b * B:(b + 1) * B] = qt @ z.T
+        for s0 in range(0, B, rb):
+            t = b * B + s0
+            out[:, t:t + rb] = q3[t // rb if qt.ndim == 3 else 0] @ z[s0:s0 + rb].T
+    return out
+
+
+def rot_block_of(nrb: int, nblk: int, B: int) -> int:
+    """Tokens per rotation block for nrb projections over nblk blocks of B tokens."""
+    rb = (nblk * B) // nrb if nrb > 0 else 0
+    if rb <= 0 or rb * nrb != nblk * B or rb % 8 or B % rb:
+        raise ValueError(f"{nrb} rotation blocks do not tile {nblk} blocks of {B} tokens")
+    return rb
+
+
+def unrotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """x float64 (..., d) rotated back by the angles whose cos/sin (d/2,) are given: R^T x."""
+    h = x.shape[-1] // 2
+    out = np.empty(x.shape, np.float64)
+    if neox:
+        a, b = x[..., :h], x[..., h:]
+        out[..., :h], out[..., h:] = a * cos + b * sin, b * cos - a * sin
+    else:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2], out[..., 1::2] = a * cos + b * sin, b * cos - a * sin
     return out
 
 
 def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray, mn: np.ndarray,
                   widths: np.ndarray, B: int, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
-                  topk: int) -> np.ndarray:
+                  topk: int, rb: int = 0, cos: np.ndarray | None = None, sin: np.ndarray | None = None,
+                  neox: bool = True) -> np.ndarray:
     """Oracle of the one-call decode attention over an SVDq layer (per-layer basis, post-RoPE).
     q float32 (H, d) scaled queries; vmu (KV, d, r+1): each KV head's rows of the basis V and of the
     mean; codes/scale/mn: nblk packed blocks; kf f16 (>= sinks+nwin, KV, d): sink rows then window
@@ -130,7 +157,14 @@ def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray
     s[:, :sinks] = np.einsum("hd,thd->ht", q64, kg[:sinks])
     s[:, sinks + P:] = np.einsum("hd,thd->ht", q64, kg[sinks:])
     if P:
-        s[:, sinks:sinks + P] = score(codes, scale, mn, widths, qp[:, :r].astype(np.float32), B) + qp[:, r:]
+        if rb:
+            c = sinks + np.arange(0, P, rb) + rb // 2                                       # (nrb,) centres
+            qr = unrotate(np.broadcast_to(q64, (len(c), H, d)), cos[c][:, None, :].astype(np.float64), sin[c][:, None, :].astype(np.float64), neox)
+            qp = np.einsum("jhd,hdr->jhr", qr, vmu[np.arange(H) // g].astype(np.float64))   # (nrb, H, r+1)
+            sc = score(codes, scale, mn, widths, qp[..., :r].astype(np.float32), B)         # (H, P)
+            s[:, sinks:sinks + P] = sc + np.repeat(qp[..., r].T, rb, axis=1)
+        else:
+            s[:, sinks:sinks + P] = score(codes, scale, mn, widths, qp[:, :r].astype(np.float32), B) + qp[:, r:]
         if 0 < topk < P:
             sp = s[:, sinks:sinks + P]
             cut = np.partition(sp, P - topk, axis=1)[:, P - topk][:, None]

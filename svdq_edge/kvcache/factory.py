@@ -15,12 +15,12 @@ from .basis import compute_bases, eig_keys, load_bases, query_moment, save_bases
 from .dense import DenseCache, QuantCache
 from .svdq import SVDqCache
 from .svdq_config import SVDqConfig, parse_bits
-from ..rope import RoPE
+from ..rope import RoPE, block_centers
 
 CALIBRATION_TEXT = Path(__file__).resolve().parent.parent / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 2048
 MAX_SPREAD_CTX = 131072    # phase spread of a calibrated basis covers at most this many positions
-BASIS_VERSION = 4          # bump when the basis or width fitting changes: old cached bases are refit
+BASIS_VERSION = 5          # bump when the basis or width fitting changes: old cached bases are refit
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
 
 
 def _basis_key(model, cfg: SVDqConfig) -> str:
-    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "block", "pre_rope", "per_head", "rank_by", "alloc", "spread")}
+    fields = {k: v for k, v in asdict(cfg).items() if k in ("bits", "budget", "block", "rope", "rot_block", "per_head", "rank_by", "alloc", "spread")}
     h = hashlib.sha256((model.gguf.sha256() + repr(sorted(fields.items())) + str(CALIBRATION_TOKENS) + f"v{BASIS_VERSION}").encode())
     return h.hexdigest()[:20]
 
@@ -99,24 +99,32 @@ def model_bases(model, cfg: SVDqConfig) -> list:
     # post-RoPE: rank latent channels by what queries read (pre-RoPE keys are rotated before the
     # dot, so their latent channels do not meet the queries' as they are)
     queries = {} if cfg.rank_by == "scores" and not cfg.pre_rope else None
-    keys = collect_keys_progress(model, ids, cfg.pre_rope, queries)
-    # post-RoPE: keys and queries spread over the rotation phases of the model's whole context
-    # (the global layers' RoPE; sliding-window layers get no basis)
+    rel = cfg.rope == "relative"
+    keys = collect_keys_progress(model, ids, cfg.pre_rope or rel, queries)      # pre-RoPE keys for pre / relative
+    T = len(ids)
+    # post-RoPE: keys and queries spread over the rotation phases of the model's whole context;
+    # relative: keys rotated to their offset from their block's centre, queries (pre-RoPE) spread
+    # over every distance to a block (the global layers' RoPE; sliding-window layers get no basis)
     rope = None
-    if not cfg.pre_rope and cfg.spread > 1:
-        rope = RoPE(a.head_dim, a.rope_base, min(max(a.n_ctx_train, len(ids)), MAX_SPREAD_CTX),
+    if rel or (cfg.rope == "post" and cfg.spread > 1):
+        rope = RoPE(a.head_dim, a.rope_base, min(max(a.n_ctx_train, T), MAX_SPREAD_CTX),
                     a.rope_neox, a.rope_scale)
-        offs = rope.offsets(len(ids), cfg.spread, rope.n_ctx)
+        offs = rope.offsets(T, cfg.spread, rope.n_ctx)
+    t = np.arange(T)
     eigs = []
     for i in range(a.n_layer):
         if a.layer_window[i] is not None:
             eigs.append(None)
             continue
-        k = keys[i] if rope is None else rope.spread(keys[i], offs)                   # (T', KV, d)
+        if rel:
+            k = rope.apply_at(keys[i], t - block_centers(0, T, cfg.rot_block, 0))       # (T, KV, d)
+        else:
+            k = keys[i] if rope is None else rope.spread(keys[i], offs)               # (T', KV, d)
         k = k if cfg.per_head else k.reshape(k.shape[0], 1, -1)
         qm = None
         if queries is not None:
-            M, n = query_moment(queries[i], a.n_kv, cfg.per_head)
+            qi = rope.apply_at(queries[i], -t) if rel else queries[i]                    # (T, H, d)
+            M, n = query_moment(qi, a.n_kv, cfg.per_head)
             qm = M / n if rope is None else rope.spread_moment(M / n, offs)
         eigs.append(eig_keys(k, qm))
     # a global allocation compares importances across layers: only in score units (with queries)
@@ -141,7 +149,11 @@ def add_cli_flags(p) -> None:
     p.add_argument("--svdq-window", type=int, default=SVDqConfig.window, help="recent tokens kept in f16")
     p.add_argument("--svdq-sinks", type=int, default=SVDqConfig.sinks, help="first tokens kept in f16")
     p.add_argument("--svdq-block", type=int, default=SVDqConfig.block, help="tokens per scale block")
-    p.add_argument("--svdq-rope", choices=["post", "pre"], default="post", help="basis of post- or pre-RoPE keys")
+    p.add_argument("--svdq-rope", choices=["relative", "post", "pre"], default=SVDqConfig.rope,
+                   help="frame of the stored keys: post-RoPE rotated back by their block's centre (relative), "
+                        "post-RoPE as they are, or pre-RoPE (rebuilt per step)")
+    p.add_argument("--svdq-rot-block", type=int, default=SVDqConfig.rot_block,
+                   help="relative frame: tokens per rotation block (a multiple of 8 dividing --svdq-block)")
     p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-layer")
     p.add_argument("--svdq-basis-source", choices=["calibrated", "prompt"], default=SVDqConfig.basis_source,
                    help="basis from the calibration text (cached per model), or fitted to the first "
@@ -167,7 +179,7 @@ def options_from_args(args) -> CacheOptions:
         raise SvdqError(f"-ctv {args.cache_type_v}: expected f16, q8_0 or q4_0")
     try:
         cfg = SVDqConfig(bits=parse_bits(args.svdq_bits), budget=args.svdq_budget, block=args.svdq_block,
-                         window=args.svdq_window, sinks=args.svdq_sinks, pre_rope=args.svdq_rope == "pre",
+                         window=args.svdq_window, sinks=args.svdq_sinks, rope=args.svdq_rope, rot_block=args.svdq_rot_block,
                          per_head=args.svdq_basis == "per-head", topk=args.svdq_topk, rank_by=args.svdq_rank,
                          basis_source=args.svdq_basis_source, prompt_tokens=args.svdq_prompt_tokens,
                          alloc=args.svdq_alloc, spread=args.svdq_spread)

@@ -4,6 +4,11 @@ scores computed from the packed codes (never rebuilding K in the post-RoPE mode)
 
 Token layout by position: [0, S) sinks in f16 | [S, S + nblk*B) packed blocks | the f16 window of
 recent tokens up to offset. Values are stored f16 for every token.
+
+Frames (cfg.rope): "relative" (default) codes a packed key rotated back by the centre c of its
+rot_block-token block, R(c)^T k = R(p - c) k_pre, so a block is scored with R(c)^T q projected
+once per block; "post" codes the post-RoPE key as it is (one projection per step); "pre" codes the
+pre-RoPE key and rebuilds and rotates every packed key per step.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from .. import kernels
 from ..kernels import svdq_ref
 from .base import CacheSpec
 from .basis import LayerBasis, compute_basis, query_moment, schedule_widths
+from ..rope import block_centers
 from .svdq_config import SVDqConfig
 
 
@@ -24,6 +30,7 @@ class SVDqCache:
         self.G = KV if cfg.per_head else 1
         self.D = d if cfg.per_head else KV * d
         self.B = cfg.block
+        self.rb = cfg.rb                                          # rotation block (relative frame) or 0
         self.nblk = 0
         self.win_start = cfg.sinks                                # position of the first window token
         self._cap_blk = 0
@@ -73,7 +80,14 @@ class SVDqCache:
         n = self.offset - self.win_start
         k = self.kfull[S:S + n].astype(np.float32)                                # (n, KV, d)
         qm = self._qsum / self._qn if self._qn else None
-        if not self.cfg.pre_rope and self.cfg.spread > 1:
+        if self.rb:
+            # relative frame: each key rotated back by its block's centre; the query moment (held
+            # pre-RoPE) spread over the distances a query meets blocks at
+            rope = self.spec.rope
+            k = rope.apply_at(k, -block_centers(S, n, self.rb, S))
+            if qm is not None:
+                qm = rope.spread_moment(qm, rope.offsets(1, self.cfg.spread, rope.n_ctx))
+        elif not self.cfg.pre_rope and self.cfg.spread > 1:
             # over the rotation phases of the whole context, not only positions S..S+n
             rope = self.spec.rope
             offs = rope.offsets(n + S, self.cfg.spread, rope.n_ctx)
@@ -136,6 +150,8 @@ class SVDqCache:
         while self.offset - self.win_start - B >= self.cfg.window:
             rows = slice(S, S + B)
             k = self.kfull[rows].astype(np.float32)                        # (B, KV, d)
+            if self.rb:
+                k = self.spec.rope.apply_at(k, -block_centers(self.win_start, B, self.rb, S))
             z = np.einsum("bgd,gdr->bgr", self._group(k) - self.muf[None], self.Vf)   # (B, G, r)
             if self.nblk == self._cap_blk:
                 cap = max(8, 2 * self._cap_blk)
@@ -163,20 +179,25 @@ class SVDqCache:
         grp = H // KV
         if self.nblk == 0:
             return out
-        if not self.cfg.per_head and not self.cfg.pre_rope and n >= kernels.BATCH_QUERIES:
+        if not self.cfg.pre_rope and (n >= kernels.BATCH_QUERIES or (self.rb and self.cfg.per_head)):
             # a prefill chunk: rebuild the packed keys once (T*r*D multiply-adds) and score them as
             # f16 keys are scored (n*H*T*d), cheaper than n*H*T*r in the latent space when r > d
-            t = self.nblk * self.B
-            z = svdq_ref.dequantize_all([c[0, :self.nblk] for c in self.codes], self.scale[0, :self.nblk],
-                                        self.mn[0, :self.nblk], self.B)                 # (t, r)
-            kp = (z @ self.Vf[0].T + self.muf[0]).reshape(t, KV, d)                    # (t, KV, d)
-            qg = q.reshape(n, KV, grp, d).transpose(1, 0, 2, 3).reshape(KV, n * grp, d)
-            sc = np.matmul(qg, kp.transpose(1, 2, 0))                                  # (KV, n*grp, t)
-            out[...] = sc.reshape(KV, n, grp, t).transpose(1, 0, 2, 3).reshape(n, H, t)
+            out[...] = self._rebuilt_scores(q)
             return out
         if not self.cfg.per_head and not self.cfg.pre_rope:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
             r = self.r
+            if self.rb:
+                # relative frame: each rotation block j scores with R(c_j)^T q projected
+                c = self.cfg.sinks + np.arange(0, self.nblk * self.B, self.rb) + self.rb // 2   # (nrb,) centres
+                nrb = c.shape[0]
+                qr = self.spec.rope.apply_at(np.broadcast_to(q, (nrb, n, H, d)).reshape(nrb * n, H, d),
+                                             -np.repeat(c, n))                                # (nrb*n, H, d)
+                qm = np.matmul(qr.reshape(nrb, n, KV, grp, d), self.Vmu).reshape(nrb, n * H, r + 1)
+                sc = self._decode_scorer()(np.ascontiguousarray(qm[..., :r]))                  # (n*H, P)
+                sc = sc.reshape(n * H, nrb, self.rb) + qm[..., r].T[:, :, None]              # + q.R(c)mu
+                out[...] = sc.reshape(n, H, -1)
+                return out
             qm = np.matmul(q.reshape(n, KV, grp, d), self.Vmu).reshape(n * H, r + 1)  # (n*H, r+1): q V | q.mu
             sc = self._decode_scorer()(qm[:, :r])                                           # (n*H, nblk*B)
             np.add(sc.reshape(n, H, -1), qm[:, r:].reshape(n, H, 1), out=out)      # one pass: + q.mu, placed
@@ -202,6 +223,29 @@ class SVDqCache:
                                     self.basis.widths, qt, self.B)                   # (n*h, nblk*B)
             out[:, hs, :] = (sc + base[:, None]).reshape(n, len(hs), -1)
         return out
+
+    def _rebuilt_scores(self, q: np.ndarray) -> np.ndarray:
+        """q (n, H, d) -> (n, H, nblk*B) scores of the packed keys rebuilt once (post-RoPE or
+        relative frame; rotated back to their positions in the relative frame)."""
+        n, H, d = q.shape
+        KV = self.spec.n_kv
+        grp = H // KV
+        t = self.nblk * self.B
+        kp = np.empty((t, KV, d), np.float32)                                          # (t, KV, d)
+        for g in range(self.G):
+            z = svdq_ref.dequantize_all([c[g, :self.nblk] for c in self.codes], self.scale[g, :self.nblk],
+                                        self.mn[g, :self.nblk], self.B)                 # (t, r)
+            kg = z @ self.Vf[g].T + self.muf[g]                                        # (t, D)
+            if self.cfg.per_head:
+                kp[:, g] = kg
+            else:
+                kp[...] = kg.reshape(t, KV, d)
+        if self.rb:
+            S = self.cfg.sinks
+            kp = self.spec.rope.apply_at(kp, block_centers(S, t, self.rb, S))
+        qg = q.reshape(n, KV, grp, d).transpose(1, 0, 2, 3).reshape(KV, n * grp, d)
+        sc = np.matmul(qg, kp.transpose(1, 2, 0))                                      # (KV, n*grp, t)
+        return sc.reshape(KV, n, grp, t).transpose(1, 0, 2, 3).reshape(n, H, t)
 
     def _prerope_scores(self, qg, g, codes):
         """Pre-RoPE basis: rebuild each packed key (r*D multiply-adds), rotate it to its position,
@@ -230,7 +274,9 @@ class SVDqCache:
         rows = slice(0, S + n_win) if S == self.cfg.sinks else np.r_[0:S, self.cfg.sinks:self.cfg.sinks + n_win]
         win_pos = np.arange(self.win_start, self.win_start + n_win)
         if self.pending and self.cfg.rank_by == "scores" and not self.cfg.pre_rope:
-            M, rows_ = query_moment(q, KV, self.cfg.per_head)
+            # relative frame: the moment of the pre-RoPE queries (spread when the basis is fitted)
+            qq = self.spec.rope.apply_at(q, -np.arange(q0, q0 + n)) if self.rb else q
+            M, rows_ = query_moment(qq, KV, self.cfg.per_head)
             self._qsum += M
             self._qn += rows_
         q = q * np.float32(scale)                                                     # scores come out scaled
@@ -240,7 +286,10 @@ class SVDqCache:
                 need = H * (S + t_pack + n_win)
                 if self._scores.size < need:
                     self._scores = np.empty(max(need, 2 * self._scores.size), np.float32)   # (H*T,) grown
-                return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores)[None]
+                rope = self.spec.rope
+                rot = (self.rb, rope.cos, rope.sin, rope.neox) if self.rb else None
+                return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores,
+                            rot)[None]
         if self.cfg.pre_rope:
             kf = self.spec.rope.apply_at(self.kfull[rows].astype(np.float32), np.concatenate([np.arange(S), win_pos]))
             s_full = np.matmul(q.reshape(n, KV, grp, d), kf.transpose(1, 2, 0)).reshape(n, H, -1)
