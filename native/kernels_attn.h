@@ -44,20 +44,63 @@ static inline void FN(latent_prep)(const float *qt, int64_t ldq, const float *bi
 #endif
 }
 
+#ifdef SIMD_X86
+/* NP (<= 8) heads of one KV group x 8 basis columns from j: accumulators in registers, each row
+ * of the basis loaded once for the NP heads */
+static inline __attribute__((always_inline)) void FN(qproj_tile)(const float *vm, int64_t r1, int64_t d,
+        const float *qh, int64_t j, const int NP, float *o) {
+    /* columns j.. j+8 that exist: the last tile of a row is masked, nothing past r1 is touched */
+    const int64_t left = r1 - j;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? left : 8)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 acc[8];
+    for (int i = 0; i < NP; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t e = 0; e < d; e++) {
+        const __m256 row = _mm256_maskload_ps(vm + e * r1 + j, mask);
+        for (int i = 0; i < NP; i++) acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(qh + i * d + e), row, acc[i]);
+    }
+    for (int i = 0; i < NP; i++) _mm256_maskstore_ps(o + i * r1 + j, mask, acc[i]);
+}
+#endif
+
 /* Decode queries projected onto a per-layer basis: qp (H, r1) = q_h . vmu[kv(h)], where vmu
  * (KV, d, r1) holds each KV head's d rows of the basis V (r columns) and of the mean (last
- * column), so qp[:, :r] are the latent queries and qp[:, r] = q.mu. Plain C: auto-vectorized. */
+ * column), so qp[:, :r] are the latent queries and qp[:, r] = q.mu. x86: register tiles of up to
+ * 8 heads x 8 columns (the relative frame runs this once per rotation block); the column tail and
+ * other paths in plain C. */
 static void FN(latent_qproj)(const float *q, int64_t H, int64_t KV, int64_t d, const float *vmu, int64_t r1,
                              float *qp) {
     const int64_t g = H / KV;
+    int64_t j0 = 0;                                         /* columns done by the tiles */
+#ifdef SIMD_X86
+    j0 = r1;
+    for (int64_t h0 = 0; h0 < H; h0 += 8) {
+        const int64_t kv = h0 / g, np0 = (kv + 1) * g - h0;    /* heads left in this KV group */
+        const int64_t np = np0 < 8 ? np0 : 8;
+        const float *vm = vmu + kv * d * r1;
+        for (int64_t j = 0; j < j0; j += 8) {
+            switch (np) {
+            case 1: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 1, qp + h0 * r1); break;
+            case 2: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 2, qp + h0 * r1); break;
+            case 3: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 3, qp + h0 * r1); break;
+            case 4: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 4, qp + h0 * r1); break;
+            case 5: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 5, qp + h0 * r1); break;
+            case 6: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 6, qp + h0 * r1); break;
+            case 7: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 7, qp + h0 * r1); break;
+            default: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 8, qp + h0 * r1); break;
+            }
+        }
+        h0 += np - 8;                                       /* next tile starts at h0 + np */
+    }
+#endif
     for (int64_t h = 0; h < H; h++) {
         float *o = qp + h * r1;
         const float *vm = vmu + (h / g) * d * r1;
-        for (int64_t j = 0; j < r1; j++) o[j] = 0.0f;
+        for (int64_t j = j0; j < r1; j++) o[j] = 0.0f;
         for (int64_t e = 0; e < d; e++) {
             const float x = q[h * d + e];
             const float *row = vm + e * r1;
-            for (int64_t j = 0; j < r1; j++) o[j] += x * row[j];
+            for (int64_t j = j0; j < r1; j++) o[j] += x * row[j];
         }
     }
 }
