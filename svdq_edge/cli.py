@@ -267,6 +267,9 @@ def startup_line(m) -> str:
     kdesc = (f"<= {bits:.2f} bits/elem at full ctx, basis fitted to the first {pend[0].cfg.prompt_tokens} keys"
              if pend else f"{bits:.2f} bits/elem at full ctx") + (f" on {len(glob)} global layers, f16 on {local} sliding-window"
                                                     if local else "")
+    if m.cache_options.ctk == "svdq":
+        cfg = m.cache_options.svdq
+        kdesc += f", {cfg.rope} key frame" + (f" ({cfg.rot_block}-token blocks)" if cfg.rope == "relative" else "")
     return (f"svdq-edge: {m.path.name} | {a.arch}, {a.n_layer} layers, n_embd {a.n_embd} | "
             f"ctx {m.n_ctx} | K cache {m.cache_options.ctk} ({kdesc}), "
             f"V {m.cache_options.ctv} | KV {kv_mib:.1f} MiB at full ctx | template {m.template.name} | "

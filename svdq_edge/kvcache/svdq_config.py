@@ -26,11 +26,11 @@ class SVDqConfig:
     # by the centre of their rot_block-token block (within rot_block/2 positions of pre-RoPE, so
     # the basis sees nearly the compact pre-RoPE spectrum; a query is projected once per block);
     # "post" = absolute post-RoPE (one query projection per step); "pre" = pre-RoPE (every key
-    # rebuilt and rotated per step). At 1.5 code bits and 8k tokens the attention KL against f16
-    # is relative-64 0.045 / post 0.123 / pre 0.021 on Qwen, 0.078 / 0.166 / 0.064 on Gemma
-    # (RESULTS.md 2.5)
+    # rebuilt and rotated per step). At 1.5 code bits and 8k tokens, perplexity against f16:
+    # relative-128 -0.46% Qwen / +0.51% Gemma, post +2.27% / +1.78% (RESULTS.md 2.5); 128-token
+    # rotation blocks cost half the query projections of 64 at nearly the same quality
     rope: str = "relative"
-    rot_block: int = 64            # tokens per rotation block of the relative frame (divides block)
+    rot_block: int = 128           # tokens per rotation block of the relative frame (divides block)
     per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)
     # calibrated (from the calibration text) | prompt (fitted to the first keys). Calibrated is the
     # default: the prompt basis is 3x better in-sample at 2k but not out of sample at 8k on Gemma
