@@ -201,6 +201,38 @@ int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int
     return 0;
 }
 
+/* Several weight matrices that read the same activations (q/k/v, gate/up): x is quantized once and
+ * one parallel region covers all their rows, split by row count. Quantized types only (float
+ * weights go through svdq_matmul). out[i]: (n, rows[i]). */
+int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *rows, const long long *row_bytes,
+                      const int *types, const float *x, long long n, long long k, float **out) {
+    if (nw <= 0 || nw > 8 || n <= 0) return -3;
+    int64_t off[9];
+    off[0] = 0;
+    for (int64_t i = 0; i < nw; i++) {
+        int e = check(types[i], rows[i], row_bytes[i], k);
+        if (e) return e;
+        if (types[i] == F32 || types[i] == F16 || types[i] == BF16) return -1;
+        off[i + 1] = off[i] + rows[i];
+    }
+    int8_t *xq = (int8_t *)malloc((size_t)(n * k));            /* (n, k) activation codes */
+    float *xd = (float *)malloc((size_t)(n * (k / 32)) * 4);    /* (n, k/32) scales */
+    int32_t *xs = (int32_t *)malloc((size_t)(n * (k / 16)) * 4); /* (n, k/16) code sums */
+    if (!xq || !xd || !xs) { free(xq); free(xd); free(xs); return -5; }
+    BY_PATH(quantize_q8, x, n, k, xq, xd, xs);
+    PARALLEL_ROWS(off[nw], {
+        for (int64_t i = 0; i < nw; i++) {
+            const int64_t lo = r0 > off[i] ? r0 : off[i];
+            const int64_t hi = r1 < off[i + 1] ? r1 : off[i + 1];
+            if (lo < hi)
+                BY_PATH(mm_dispatch, w[i], row_bytes[i], types[i], xq, xd, xs, n, k, lo - off[i], hi - off[i],
+                        rows[i], out[i]);
+        }
+    });
+    free(xq); free(xd); free(xs);
+    return 0;
+}
+
 int svdq_dequant_rows(const unsigned char *w, long long rows, long long row_bytes, int T,
                       long long k, long long a0, long long a1, float *out) {
     int e = check(T, rows, row_bytes, k);

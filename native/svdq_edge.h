@@ -4,6 +4,8 @@
  * Weights are GGML blocks, uint8 (rows, row_bytes); activations float32 row-major. */
 int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int qtype,
                 const float *x, long long n, long long k, float *out);
+int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *rows, const long long *row_bytes,
+                      const int *types, const float *x, long long n, long long k, float **out);
 int svdq_dequant_rows(const unsigned char *w, long long rows, long long row_bytes, int qtype,
                       long long k, long long r0, long long r1, float *out);
 int svdq_get_rows(const unsigned char *w, long long rows, long long row_bytes, int qtype,

@@ -304,3 +304,35 @@ def test_native_small_ops_match_numpy(n, heads, d):
         assert np.allclose(cpu_c.rope(x, rp.cos, rp.sin, 60 - n, neox), want, rtol=1e-5, atol=1e-5 * np.abs(x).max())
     with pytest.raises(ValueError, match="rope"):
         cpu_c.rope(x, rp.cos, rp.sin, 64 - n + 1, True)                  # past the table: refused in C
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_matmul_many_equals_separate_matmuls(n):
+    """q/k/v and gate/up in one call (x quantized once, one parallel region) give bit for bit what
+    one matmul per weight gives, on every path, for mixed types and row counts; float weights and
+    prefill batches fall back to separate calls."""
+    from svdq_edge import kernels
+    from svdq_edge.kernels import QWeight, cpu_c
+    if kernels.backend_name() != "c":
+        pytest.skip("the fused call is in the C backend")
+    rng = np.random.default_rng(n)
+    ws = [QWeight(f"w{i}", int(t), r, 256, random_blocks(t, r, 256, 10 + i))
+          for i, (t, r) in enumerate([(T.Q4_K, 40), (T.Q6_K, 8), (T.Q5_0, 13), (T.Q8_0, 1)])]
+    x = rng.standard_normal((n, 256)).astype(np.float32)
+    for p in cpu_c.cpu_paths():
+        cpu_c.set_path(p)
+        try:
+            for group in (ws, ws[:2], ws[2:3]):
+                got = kernels.matmul_many(tuple(group), x)
+                for w, g in zip(group, got):
+                    np.testing.assert_array_equal(g, kernels.matmul(w, x), err_msg=f"{p} {w.name}")
+        finally:
+            cpu_c.set_path(None)
+    f = QWeight("f", int(T.F16), 5, 256, rng.standard_normal((5, 256)).astype(np.float16).view(np.uint8))
+    assert not cpu_c.matmul_many([f.data], [f.qtype], x, [np.empty((n, 5), np.float32)])
+    np.testing.assert_array_equal(kernels.matmul_many((ws[0], f), x)[1], kernels.matmul(f, x))
+    with pytest.raises(ValueError, match="columns"):
+        kernels.matmul_many((ws[0],), x[:, :128])
+    # the C entry point refuses a row size that does not match its type before touching memory
+    with pytest.raises(ValueError, match="row size"):
+        cpu_c.matmul_many([np.ascontiguousarray(ws[0].data[:, :100])], [ws[0].qtype], x, [np.empty((n, 40), np.float32)])

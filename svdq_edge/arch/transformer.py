@@ -122,9 +122,7 @@ class Transformer:
             x *= np.float32(a.embd_scale)
         for i, lw in enumerate(w.layers):
             h = rmsnorm(x, lw.attn_norm, a.norm_eps)                                 # (n, E)
-            q = kernels.matmul(lw.wq, h)                                             # (n, H*d)
-            k = kernels.matmul(lw.wk, h)                                             # (n, KV*d)
-            v = kernels.matmul(lw.wv, h)                                             # (n, KV*d)
+            q, k, v = kernels.matmul_many((lw.wq, lw.wk, lw.wv), h)                  # (n, H*d), (n, KV*d) x 2
             if lw.bq is not None:
                 q += lw.bq
                 k += lw.bk
@@ -147,8 +145,7 @@ class Transformer:
                 o = rmsnorm(o, lw.post_attn_norm, a.norm_eps)
             x = x + o
             h = rmsnorm(x, lw.ffn_norm, a.norm_eps)
-            g = kernels.matmul(lw.w_gate, h)                                         # (n, F)
-            u = kernels.matmul(lw.w_up, h)                                           # (n, F)
+            g, u = kernels.matmul_many((lw.w_gate, lw.w_up), h)                      # (n, F) x 2
             o = kernels.matmul(lw.w_down, kernels.act_mul(g, u, a.act))              # (n, E)
             if lw.post_ffn_norm is not None:
                 o = rmsnorm(o, lw.post_ffn_norm, a.norm_eps)

@@ -112,6 +112,20 @@ def matmul(w: QWeight, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     return out
 
 
+def matmul_many(ws: tuple, x: np.ndarray) -> list:
+    """The same x through several weights (q/k/v, gate/up) -> [x @ W.T for W in ws]. A decode step
+    on the C backend quantizes x once and runs them in one call; elsewhere, one matmul each."""
+    x = x[None, :] if x.ndim == 1 else x
+    for w in ws:
+        if x.shape[1] != w.cols:
+            raise ValueError(f"{w.name}: input has {x.shape[1]} columns, weight has {w.cols}")
+    outs = [np.empty((x.shape[0], w.rows), dtype=np.float32) for w in ws]
+    mod = backend()
+    if hasattr(mod, "matmul_many") and mod.matmul_many([w.data for w in ws], [int(w.qtype) for w in ws], x, outs):
+        return outs
+    return [matmul(w, x, o) for w, o in zip(ws, outs)]
+
+
 def get_rows(w: QWeight, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """ids: int (m,) -> out: float32 (m, cols), the dequantized rows (embedding lookup)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)

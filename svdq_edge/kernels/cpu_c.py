@@ -112,6 +112,28 @@ def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None
                         _ptr(out, "float *")), "matmul")
 
 
+FLOAT_TYPES = {0, 1, 30}        # F32, F16, BF16: through svdq_matmul
+
+
+def matmul_many(datas: list, qtypes: list, x: np.ndarray, outs: list) -> bool:
+    """Decode matvecs of several quantized weights on the same x (n < PREFILL_MIN_TOKENS): x quantized
+    once, one parallel region. Returns False (nothing done) where it does not apply."""
+    n, k = x.shape
+    if n >= PREFILL_MIN_TOKENS or len(datas) > 8 or any(t in FLOAT_TYPES for t in qtypes):
+        return False
+    for d, o in zip(datas, outs):
+        _check_out(o, (n, d.shape[0]))
+    x = np.ascontiguousarray(x, np.float32)
+    nw = len(datas)
+    w = ffi.new("const unsigned char *[]", [_ptr(d, "unsigned char *") for d in datas])
+    rows = ffi.new("long long[]", [d.shape[0] for d in datas])
+    rbs = ffi.new("long long[]", [d.shape[1] for d in datas])
+    ts = ffi.new("int[]", [int(t) for t in qtypes])
+    op = ffi.new("float *[]", [_ptr(o, "float *") for o in outs])
+    _ok(lib.svdq_matmul_multi(nw, w, rows, rbs, ts, _ptr(x, "float *"), n, k, op), "matmul")
+    return True
+
+
 def _tiled_path() -> bool:
     return lib.svdq_active_path() in (PATHS["avx2"], PATHS["avx512"])
 

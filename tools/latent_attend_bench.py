@@ -1,0 +1,45 @@
+"""The C one-call SVDq decode attention alone (svdq_latent_attend, 2 threads) on a Qwen-shaped
+layer (H 14, KV 2, d 64, r = 60 latent channels of mixed widths, 128-token blocks, random codes),
+in the absolute post-RoPE frame and the relative frame with 128/64/32-token rotation blocks:
+best ms per call of 5 x 20.
+    python tools/latent_attend_bench.py [DEPTH]        (default 16384)
+"""
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from test_quants import packed_blocks                       # noqa: E402
+from svdq_edge.kernels import cpu_c                         # noqa: E402
+from svdq_edge.rope import RoPE                             # noqa: E402
+
+cpu_c.set_threads(2)
+rng = np.random.default_rng(0)
+H, KV, d, B = 14, 2, 64, 128
+T = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
+nblk = T // B
+widths = np.array([8] * 4 + [4] * 12 + [2] * 20 + [1] * 24)
+r = len(widths)
+codes, scale, mn = packed_blocks(rng, widths, nblk, B)
+S, nwin = 4, 40
+Tt = S + nblk * B + nwin
+q = rng.standard_normal((H, d)).astype(np.float32)
+vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
+kf = rng.standard_normal((S + nwin, KV, d)).astype(np.float16)
+v = rng.standard_normal((Tt, KV, d)).astype(np.float16)
+rope = RoPE(d, 1e6, Tt, True)
+sc = cpu_c.PackedScorer(codes, scale, mn, B)
+buf = np.empty(H * Tt, np.float32)
+for name, rot in [("absolute", None)] + [(f"relative-{rb}", (rb, rope.cos, rope.sin, True)) for rb in (128, 64, 32)]:
+    sc.attend(q, vmu, kf, S, nwin, v, 0, buf, rot)
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(20):
+            sc.attend(q, vmu, kf, S, nwin, v, 0, buf, rot)
+        ts.append((time.perf_counter() - t) / 20)
+    print(f"{name:12s} depth {T}: {min(ts) * 1e3:.3f} ms")
