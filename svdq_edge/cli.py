@@ -269,7 +269,7 @@ def startup_line(m) -> str:
                                                     if local else "")
     if m.cache_options.ctk == "svdq":
         cfg = m.cache_options.svdq
-        kdesc += f", {cfg.rope} key frame" + (f" ({cfg.rot_block}-token blocks)" if cfg.rope == "relative" else "")
+        kdesc += f", {cfg.rope} key frame" + (f" ({cfg.rb}-token blocks)" if cfg.rope == "relative" else "")
     return (f"svdq-edge: {m.path.name} | {a.arch}, {a.n_layer} layers, n_embd {a.n_embd} | "
             f"ctx {m.n_ctx} | K cache {m.cache_options.ctk} ({kdesc}), "
             f"V {m.cache_options.ctv} | KV {kv_mib:.1f} MiB at full ctx | template {m.template.name} | "

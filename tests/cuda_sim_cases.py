@@ -403,8 +403,9 @@ def test_runner_matches_cpu(tmp_path, arch, ctk, per_head):
     def specs(m):
         return [CacheSpec(i, a.n_head, a.n_kv, a.head_dim, n_ctx, a.layer_window[i], m.layer_rope(i))
                 for i in range(a.n_layer)]
-    # SVDq bases from this model's own post-RoPE keys on a calibration sequence (as the factory does)
-    cfg = SVDqConfig(bits=(8, 4, 2, 1, 1, 0, 0, 0), block=8, window=8, sinks=2, per_head=per_head)
+    # SVDq bases from this model's own post-RoPE keys on a calibration sequence (as the factory does
+    # for --svdq-rope post, the frame the GPU cache implements)
+    cfg = SVDqConfig(bits=(8, 4, 2, 1, 1, 0, 0, 0), block=8, window=8, sinks=2, per_head=per_head, rope="post")
     bases = [None] * a.n_layer
     if ctk == "svdq":
         cal = Transformer(a, wts, 48)

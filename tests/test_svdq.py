@@ -154,7 +154,7 @@ def frame_keys(keys, rope, cfg):
     if cfg.rope == "post":
         return rope.apply(keys, 0)
     t = np.arange(keys.shape[0])
-    return rope.apply_at(keys, t - block_centers(0, keys.shape[0], cfg.rot_block, 0))
+    return rope.apply_at(keys, t - block_centers(0, keys.shape[0], cfg.rb, 0))
 
 
 @pytest.mark.parametrize("shape", [(14, 2, 64), (4, 1, 256)], ids=["qwen-like", "gemma-like"])
@@ -349,6 +349,7 @@ def test_quantized_latent_error_beats_dropping(width, max_frac):
                                     (dict(topk=0), "must be > 0"),
                                     (dict(rope="sideways"), "expected relative, post or pre"),
                                     (dict(rot_block=48), "multiple of 8 that divides"),
+                                    (dict(rot_block=256), "multiple of 8 that divides"),
                                     (dict(rot_block=12), "multiple of 8 that divides")])
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -26,7 +26,7 @@ caches = {"f16": DenseCache(spec, np.float16)}
 for frame in ("relative", "post"):
     cfg = SVDqConfig(block=128, window=32, spread=1, topk=topk, rope=frame)
     t = np.arange(2048)
-    calib = rope.apply(keys[:2048], 0) if frame == "post" else rope.apply_at(keys[:2048], t - block_centers(0, 2048, cfg.rot_block, 0))
+    calib = rope.apply(keys[:2048], 0) if frame == "post" else rope.apply_at(keys[:2048], t - block_centers(0, 2048, cfg.rb, 0))
     basis = compute_basis(calib.reshape(2048, 1, -1), cfg)
     print(frame, "widths r", basis.r)
     caches["svdq-" + frame] = SVDqCache(spec, basis, cfg)

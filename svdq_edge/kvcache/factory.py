@@ -117,7 +117,7 @@ def model_bases(model, cfg: SVDqConfig) -> list:
             eigs.append(None)
             continue
         if rel:
-            k = rope.apply_at(keys[i], t - block_centers(0, T, cfg.rot_block, 0))       # (T, KV, d)
+            k = rope.apply_at(keys[i], t - block_centers(0, T, cfg.rb, 0))       # (T, KV, d)
         else:
             k = keys[i] if rope is None else rope.spread(keys[i], offs)               # (T', KV, d)
         k = k if cfg.per_head else k.reshape(k.shape[0], 1, -1)
@@ -153,7 +153,8 @@ def add_cli_flags(p) -> None:
                    help="frame of the stored keys: post-RoPE rotated back by their block's centre (relative), "
                         "post-RoPE as they are, or pre-RoPE (rebuilt per step)")
     p.add_argument("--svdq-rot-block", type=int, default=SVDqConfig.rot_block,
-                   help="relative frame: tokens per rotation block (a multiple of 8 dividing --svdq-block)")
+                   help="relative frame: tokens per rotation block, a multiple of 8 dividing --svdq-block "
+                        "(0: one per packed block)")
     p.add_argument("--svdq-basis", choices=["per-head", "per-layer"], default="per-layer")
     p.add_argument("--svdq-basis-source", choices=["calibrated", "prompt"], default=SVDqConfig.basis_source,
                    help="basis from the calibration text (cached per model), or fitted to the first "

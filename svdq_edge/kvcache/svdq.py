@@ -24,6 +24,7 @@ from .svdq_config import SVDqConfig
 
 class SVDqCache:
     def __init__(self, spec: CacheSpec, basis: LayerBasis, cfg: SVDqConfig):
+        cfg.validate()
         self.spec, self.basis, self.cfg = spec, basis, cfg
         self.offset = 0
         H, KV, d = spec.n_head, spec.n_kv, spec.head_dim

@@ -30,7 +30,7 @@ class SVDqConfig:
     # relative-128 -0.46% Qwen / +0.51% Gemma, post +2.27% / +1.78% (RESULTS.md 2.5); 128-token
     # rotation blocks cost half the query projections of 64 at nearly the same quality
     rope: str = "relative"
-    rot_block: int = 128           # tokens per rotation block of the relative frame (divides block)
+    rot_block: int = 0             # tokens per rotation block of the relative frame (divides block); 0 = block
     per_head: bool = False         # one basis per KV head vs one per layer over all KV heads (default: measured better)
     # calibrated (from the calibration text) | prompt (fitted to the first keys). Calibrated is the
     # default: the prompt basis is 3x better in-sample at 2k but not out of sample at 8k on Gemma
@@ -55,12 +55,13 @@ class SVDqConfig:
     @property
     def rb(self) -> int:
         """Rotation block of the stored frame: 0 unless the frame is relative."""
-        return self.rot_block if self.rope == "relative" else 0
+        return (self.rot_block or self.block) if self.rope == "relative" else 0
 
     def validate(self) -> None:
         if self.rope not in ("relative", "post", "pre"):
             raise ValueError(f"--svdq-rope {self.rope}: expected relative, post or pre")
-        if self.rope == "relative" and (self.rot_block < 8 or self.rot_block % 8 or self.block % self.rot_block):
+        if self.rope == "relative" and self.rot_block and (self.rot_block < 8 or self.rot_block % 8
+                                                           or self.block % self.rot_block):
             raise ValueError(f"--svdq-rot-block {self.rot_block}: must be a multiple of 8 that divides "
                              f"--svdq-block {self.block}")
         if self.bits is not None:
