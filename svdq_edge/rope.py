@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .kernels import ref
 
 
 class RoPE:
@@ -31,19 +32,8 @@ class RoPE:
         position -p rotates back by p (R(-p) = R(p)^T): cos is even, sin odd."""
         positions = np.asarray(positions)
         a = np.abs(positions)
-        c = self.cos[a][:, None, :]
-        s = (self.sin[a] * np.sign(positions)[:, None].astype(np.float32))[:, None, :]
-        half = self.head_dim // 2
-        out = np.empty_like(x)
-        if self.neox:
-            a, b = x[..., :half], x[..., half:]
-            out[..., :half] = a * c - b * s
-            out[..., half:] = a * s + b * c
-        else:
-            a, b = x[..., 0::2], x[..., 1::2]
-            out[..., 0::2] = a * c - b * s
-            out[..., 1::2] = a * s + b * c
-        return out
+        s = self.sin[a] * np.sign(positions)[:, None].astype(np.float32)
+        return ref.rotate_pairs(x, self.cos[a][:, None, :], s[:, None, :], self.neox)
 
     def offsets(self, n: int, count: int, span: int) -> np.ndarray:
         """count offsets spread over [0, span - n] (within the table): where n vectors seen at

@@ -185,11 +185,11 @@ def act_mul(g: np.ndarray, u: np.ndarray, act: str) -> np.ndarray:
     return a * u
 
 
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool) -> np.ndarray:
-    """x: float32 (n, heads, d) at positions pos0.. rotated by the tables cos/sin (n_ctx, d/2)."""
-    n, half = x.shape[0], x.shape[-1] // 2
-    c = cos[pos0:pos0 + n, None, :]                                                  # (n, 1, half)
-    s = sin[pos0:pos0 + n, None, :]
+def rotate_pairs(x: np.ndarray, c: np.ndarray, s: np.ndarray, neox: bool) -> np.ndarray:
+    """x (..., d) with each RoPE pair rotated by the angle whose cos c / sin s (broadcast against
+    (..., d/2)) are given; neox pairs are the halves (i, i + d/2), else adjacent (2i, 2i + 1).
+    A negated s rotates back (R^T)."""
+    half = x.shape[-1] // 2
     out = np.empty_like(x)
     if neox:
         a, b = x[..., :half], x[..., half:]
@@ -200,3 +200,9 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool)
         out[..., 0::2] = a * c - b * s
         out[..., 1::2] = a * s + b * c
     return out
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool) -> np.ndarray:
+    """x: float32 (n, heads, d) at positions pos0.. rotated by the tables cos/sin (n_ctx, d/2)."""
+    n = x.shape[0]
+    return rotate_pairs(x, cos[pos0:pos0 + n, None, :], sin[pos0:pos0 + n, None, :], neox)   # tables (n, 1, d/2)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ref import rotate_pairs
+
 PACK_WIDTHS = (8, 4, 2, 1)
 
 
@@ -123,19 +125,6 @@ def rot_block_of(nrb: int, nblk: int, B: int) -> int:
     return rb
 
 
-def unrotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
-    """x float64 (..., d) rotated back by the angles whose cos/sin (d/2,) are given: R^T x."""
-    h = x.shape[-1] // 2
-    out = np.empty(x.shape, np.float64)
-    if neox:
-        a, b = x[..., :h], x[..., h:]
-        out[..., :h], out[..., h:] = a * cos + b * sin, b * cos - a * sin
-    else:
-        a, b = x[..., 0::2], x[..., 1::2]
-        out[..., 0::2], out[..., 1::2] = a * cos + b * sin, b * cos - a * sin
-    return out
-
-
 def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray, mn: np.ndarray,
                   widths: np.ndarray, B: int, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
                   topk: int, rb: int = 0, cos: np.ndarray | None = None, sin: np.ndarray | None = None,
@@ -159,7 +148,8 @@ def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray
     if P:
         if rb:
             c = sinks + np.arange(0, P, rb) + rb // 2                                       # (nrb,) centres
-            qr = unrotate(np.broadcast_to(q64, (len(c), H, d)), cos[c][:, None, :].astype(np.float64), sin[c][:, None, :].astype(np.float64), neox)
+            qr = rotate_pairs(np.broadcast_to(q64, (len(c), H, d)), cos[c][:, None, :].astype(np.float64),
+                              -sin[c][:, None, :].astype(np.float64), neox)                # R(c)^T q
             qp = np.einsum("jhd,hdr->jhr", qr, vmu[np.arange(H) // g].astype(np.float64))   # (nrb, H, r+1)
             sc = score(codes, scale, mn, widths, qp[..., :r].astype(np.float32), B)         # (H, P)
             s[:, sinks:sinks + P] = sc + np.repeat(qp[..., r].T, rb, axis=1)
