@@ -11,6 +11,20 @@ from . import svdq_ref
 from .cpu_numba import _h2f
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_width(o, cw, nw, w, b, t0, a, j):
+    """o[t] += a[j + k] * code_k(t0 + t) for the nw channels of width w (packed LSB first: token u
+    at bit u*w); returns the next channel index."""
+    mask = (1 << w) - 1
+    for k in range(nw):
+        aj = a[j]
+        for t in range(o.shape[0]):
+            bit = (t0 + t) * w
+            o[t] += aj * np.float32((cw[b, k, bit >> 3] >> (bit & 7)) & mask)
+        j += 1
+    return j
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _score(c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, qt3, B, rb, out):
     """qt3 (nrb, m, r): projections per rotation block of rb tokens (rb divides B); the tokens of
@@ -30,31 +44,10 @@ def _score(c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, qt3, B, rb, out):
                     base += qt[i, j] * _h2f(np.uint32(mn[b, j]))
                 o = out[i, b * B + t0:b * B + t0 + sub]
                 o[:] = base
-                j = 0
-                for k in range(n8):
-                    aj = a[j]
-                    for t in range(sub):
-                        o[t] += aj * np.float32(c8[b, k, t0 + t])
-                    j += 1
-                for k in range(n4):
-                    aj = a[j]
-                    for t in range(sub):
-                        u = t0 + t
-                        o[t] += aj * np.float32((c4[b, k, u >> 1] >> (4 * (u & 1))) & 15)
-                    j += 1
-                for k in range(n2):
-                    aj = a[j]
-                    for t in range(sub):
-                        u = t0 + t
-                        o[t] += aj * np.float32((c2[b, k, u >> 2] >> (2 * (u & 3))) & 3)
-                    j += 1
-                for k in range(n1):
-                    aj = a[j]
-                    for t in range(sub):
-                        u = t0 + t
-                        if (c1[b, k, u >> 3] >> (u & 7)) & 1:
-                            o[t] += aj
-                    j += 1
+                j = _add_width(o, c8, n8, 8, b, t0, a, 0)
+                j = _add_width(o, c4, n4, 4, b, t0, a, j)
+                j = _add_width(o, c2, n2, 2, b, t0, a, j)
+                _add_width(o, c1, n1, 1, b, t0, a, j)
 
 
 def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths, qt: np.ndarray, B: int) -> np.ndarray:

@@ -181,8 +181,9 @@ class SVDqCache:
         if self.nblk == 0:
             return out
         if not self.cfg.pre_rope and (n >= kernels.BATCH_QUERIES or (self.rb and self.cfg.per_head)):
-            # a prefill chunk: rebuild the packed keys once (T*r*D multiply-adds) and score them as
-            # f16 keys are scored (n*H*T*d), cheaper than n*H*T*r in the latent space when r > d
+            # a prefill chunk (or a per-head basis in the relative frame, which has no latent path):
+            # rebuild the packed keys once (T*r*D multiply-adds) and score them as f16 keys are
+            # scored (n*H*T*d), cheaper than n*H*T*r in the latent space when r > d
             out[...] = self._rebuilt_scores(q)
             return out
         if not self.cfg.per_head and not self.cfg.pre_rope:
