@@ -61,6 +61,38 @@ static int64_t type_row_bytes(int T, int64_t k) {
     }
 }
 
+static inline int bin_of(float x) {
+    const float b = -x * 8.0f;
+    return !(b < 255.0f) ? 255 : (b > 0.0f ? (int)b : 0);   /* -inf and NaN: the last bin */
+}
+
+/* k-th largest (1 <= k <= n) of x (n,), x <= 0 (scores relative to a max; -inf allowed): a histogram
+ * of 256 bins of 1/8 finds the bin holding it, then quickselect among that bin's values only,
+ * gathered into w (n,). */
+static float kth_largest_binned(const float *x, int64_t n, int64_t k, float *w) {
+    int64_t cnt[256] = {0};
+    for (int64_t t = 0; t < n; t++) cnt[bin_of(x[t])]++;
+    int bin = 0;
+    int64_t above = 0;
+    while (bin < 255 && above + cnt[bin] < k) above += cnt[bin++];
+    int64_t m = 0;
+    for (int64_t t = 0; t < n; t++) if (bin_of(x[t]) == bin) w[m++] = x[t];
+    int64_t lo = 0, hi = m - 1, want = m - (k - above);       /* index in ascending order */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;             /* median of three as the pivot */
+        float a = w[lo], b = w[mid], c = w[hi];
+        const float p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (w[i] < p) i++;
+            while (w[j] > p) j--;
+            if (i <= j) { const float t = w[i]; w[i] = w[j]; w[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j; else if (want >= i) lo = i; else break;
+    }
+    return w[want];
+}
+
 #define SFX _scalar
 #include "kernels_impl.h"
 #undef SFX
@@ -298,36 +330,27 @@ static void unrotate_q(const float *q, int64_t H, int64_t d, const float *c, con
     }
 }
 
-/* k-th largest of x (n,) by quickselect on the scratch copy w (n,) */
-static float kth_largest(const float *x, int64_t n, int64_t k, float *w) {
-    memcpy(w, x, (size_t)n * sizeof(float));
-    int64_t lo = 0, hi = n - 1, want = n - k;               /* index in ascending order */
-    while (lo < hi) {
-        const int64_t mid = lo + (hi - lo) / 2;             /* median of three as the pivot */
-        float a = w[lo], b = w[mid], c = w[hi];
-        const float p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (w[i] < p) i++;
-            while (w[j] > p) j--;
-            if (i <= j) { const float t = w[i]; w[i] = w[j]; w[j] = t; i++; j--; }
-        }
-        if (want <= j) hi = j; else if (want >= i) lo = i; else break;
-    }
-    return w[want];
-}
-
-/* Token sparsity: in each of the H score rows (stride T), the n packed scores from column t0 that
- * fall below the row's k-th largest become -inf, so softmax.V skips their V rows. */
-static int topk_mask(float *scores, int64_t H, int64_t T, int64_t t0, int64_t n, int64_t k) {
-    if (k <= 0 || k >= n) return 0;
+/* Token sparsity of one decode query: each KV head group keeps its k best packed tokens (ranked by
+ * sav_topk) with the sinks and window; out (H, d) = acc / l per head. */
+static int topk_softmax_av(float *scores, const uint16_t *v, int64_t H, int64_t KV, int64_t d, int64_t T,
+                           int64_t p0, int64_t n, int64_t k, float *out) {
+    const int64_t g = H / KV;
     const int nt = svdq_get_threads();
-    float *work = (float *)malloc((size_t)nt * (size_t)n * sizeof(float));   /* (threads, n) */
+    const size_t per = (size_t)(2 * g + n + 2 * T + g * d);  /* per thread: m, l (g,), u (n,), w, idx (T,), acc (g, d) */
+    float *work = (float *)malloc((size_t)nt * per * sizeof(float));
     if (!work) return -5;
-    PARALLEL_ROWS(H, for (int64_t h = r0; h < r1; h++) {
-        float *row = scores + h * T + t0;
-        const float cut = kth_largest(row, n, k, work + (size_t)thread_id() * n);
-        for (int64_t t = 0; t < n; t++) if (row[t] < cut) row[t] = -INFINITY;
+    PARALLEL_ROWS(KV, for (int64_t kv = r0; kv < r1; kv++) {
+        float *m = work + (size_t)thread_id() * per;
+        float *l = m + g;
+        float *u = l + g;
+        float *w = u + n;
+        int32_t *idx = (int32_t *)(w + T);
+        float *acc = (float *)(idx + T);
+        BY_PATH(sav_topk, scores + kv * g * T, g, T, p0, n, k, v, KV, d, kv, m, u, w, idx, acc, l);
+        for (int64_t h = 0; h < g; h++) {
+            const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+            for (int64_t e = 0; e < d; e++) out[(kv * g + h) * d + e] = acc[h * d + e] * inv;
+        }
     });
     free(work);
     return 0;
@@ -376,8 +399,7 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
     /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */
     BY_PATH(qk_rows, q, kf, 1, H, KV, d, T, 0, S, scores);
     BY_PATH(qk_rows, q, kf + S * KV * d, 1, H, KV, d, T, 0, nwin, scores + S + P);
-    int e = topk_mask(scores, H, T, S, P, topk);
-    if (e) return e;
+    if (topk > 0 && topk < P) return topk_softmax_av(scores, (const uint16_t *)v, H, KV, d, T, S, P, topk, out);
     return svdq_softmax_av_f16(scores, v, 1, H, KV, d, T, out);
 }
 

@@ -1,7 +1,8 @@
 /* Attention kernels, included by kernels_impl.h once per SIMD path (FN names the copy):
  *   latent_block  packed latent-K scores of one block of B tokens for m projected queries;
  *   qk_rows       q.k over f16 keys;
- *   sav_chunk     softmax.V over f16 values for one KV head's g query heads and one token range.
+ *   sav_chunk     softmax.V over f16 values for one KV head's g query heads and one token range;
+ *   sav_topk      the same over the packed tokens a decode query's KV head group ranks best.
  * Decode splits the tokens into chunks (flash-decoding): each chunk keeps its own max, sum and
  * (g, d) accumulator, and svdq_softmax_av_f16 merges them, so every thread has work even when a
  * layer has one KV head, and each V row is read once for all g heads that share it. */
@@ -324,43 +325,83 @@ static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, in
 }
 #endif
 
+/* max of row[t0..t1) (-inf when empty) */
+static inline float FN(row_max)(const float *row, int64_t t0, int64_t t1) {
+    float mx = -INFINITY;
+    int64_t t = t0;
+#ifdef SIMD_X86
+    __m256 vmx = _mm256_set1_ps(-INFINITY);
+    for (; t + 8 <= t1; t += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(row + t));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+#endif
+    for (; t < t1; t++) mx = row[t] > mx ? row[t] : mx;
+    return mx;
+}
+
+/* x[0..n) = exp(x - mx) in place (-inf gives 0), returns their sum; mx finite */
+static inline float FN(exp_sub)(float *x, int64_t n, float mx) {
+    float sum = 0.0f;
+    int64_t t = 0;
+#ifdef SIMD_X86
+    __m256 vs = _mm256_setzero_ps();
+    const __m256 vm = _mm256_set1_ps(mx);
+    for (; t + 8 <= n; t += 8) {
+        const __m256 e = FN(exp8_neg)(_mm256_sub_ps(_mm256_loadu_ps(x + t), vm));
+        _mm256_storeu_ps(x + t, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    sum = FN(hsum8)(vs);
+#endif
+    for (; t < n; t++) { float e = x[t] == -INFINITY ? 0.0f : expf(x[t] - mx); x[t] = e; sum += e; }
+    return sum;
+}
+
+/* acc (g, d) = sum over the n listed tokens idx of p_h[t] v_t (p: g rows, stride T; v rows vstride
+ * apart); each V row is read once for the g heads */
+static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint16_t *vk, int64_t vstride,
+                       const int32_t *idx, int64_t n, int64_t d, float *acc) {
+    for (int64_t i = 0; i < g * d; i++) acc[i] = 0.0f;
+#ifdef SIMD_X86
+    if (d % 8 == 0 && g <= 8) {
+        switch (g) {
+        case 1: FN(av_tile)(s, T, 1, vk, vstride, idx, n, d, acc); return;
+        case 2: FN(av_tile)(s, T, 2, vk, vstride, idx, n, d, acc); return;
+        case 3: FN(av_tile)(s, T, 3, vk, vstride, idx, n, d, acc); return;
+        case 4: FN(av_tile)(s, T, 4, vk, vstride, idx, n, d, acc); return;
+        case 5: FN(av_tile)(s, T, 5, vk, vstride, idx, n, d, acc); return;
+        case 6: FN(av_tile)(s, T, 6, vk, vstride, idx, n, d, acc); return;
+        case 7: FN(av_tile)(s, T, 7, vk, vstride, idx, n, d, acc); return;
+        default: FN(av_tile)(s, T, 8, vk, vstride, idx, n, d, acc); return;
+        }
+    }
+#endif
+    for (int64_t u = 0; u < n; u++) {
+        const int64_t t = idx[u];
+        for (int64_t h = 0; h < g; h++) {
+            const float w = s[h * T + t];
+            if (w != 0.0f) FN(axpy_f16)(w, vk + t * vstride, acc + h * d, d);
+        }
+    }
+}
+
 /* Tokens [t0, t1) of the g query heads s (g rows, stride T) that share KV head kv: per head the
  * chunk max m_h and sum l_h of p = exp(s - m_h) (written over s), and acc (g, d) = sum_t p v_t.
- * V rows are read only for tokens some head gives a nonzero weight (masked or cut by top-k:
- * -inf). idx: scratch (t1 - t0,). */
+ * V rows are read only for tokens some head gives a nonzero weight (masked: -inf).
+ * idx: scratch (t1 - t0,). */
 static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1, const uint16_t *v,
                           int64_t KV, int64_t d, int64_t kv, int32_t *idx, float *acc, float *m, float *l) {
     for (int64_t h = 0; h < g; h++) {
         float *row = s + h * T;
-        float mx = -INFINITY;
-        int64_t t = t0;
-#ifdef SIMD_X86
-        __m256 vmx = _mm256_set1_ps(-INFINITY);
-        for (; t + 8 <= t1; t += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(row + t));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-#endif
-        for (; t < t1; t++) mx = row[t] > mx ? row[t] : mx;
+        const float mx = FN(row_max)(row, t0, t1);
         m[h] = mx;
-        float sum = 0.0f;
         if (mx == -INFINITY) {                              /* every token masked for this head */
             for (int64_t t = t0; t < t1; t++) row[t] = 0.0f;
+            l[h] = 0.0f;
         } else {
-            t = t0;
-#ifdef SIMD_X86
-            __m256 vs = _mm256_setzero_ps();
-            const __m256 vm = _mm256_set1_ps(mx);
-            for (; t + 8 <= t1; t += 8) {
-                const __m256 e = FN(exp8_neg)(_mm256_sub_ps(_mm256_loadu_ps(row + t), vm));
-                _mm256_storeu_ps(row + t, e);
-                vs = _mm256_add_ps(vs, e);
-            }
-            sum = FN(hsum8)(vs);
-#endif
-            for (; t < t1; t++) { float e = row[t] == -INFINITY ? 0.0f : expf(row[t] - mx); row[t] = e; sum += e; }
+            l[h] = FN(exp_sub)(row + t0, t1 - t0, mx);
         }
-        l[h] = sum;
     }
     int64_t n = 0;                                          /* tokens with a nonzero weight in some head */
     int64_t t = t0;
@@ -383,27 +424,44 @@ static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1
         for (int64_t h = 0; h < g; h++) any |= s[h * T + t] != 0.0f;
         if (any) idx[n++] = (int32_t)t;
     }
-    for (int64_t i = 0; i < g * d; i++) acc[i] = 0.0f;
-    const uint16_t *vk = v + kv * d;
+    FN(av_idx)(s, T, g, v + kv * d, KV * d, idx, n, d, acc);
+}
+
+/* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
+ * the head's max over all T tokens; the n packed tokens from p0 ranked by u_t = max_h (s_h,t - m_h);
+ * the k best (all tied at the cut) with every unmasked sink [0, p0) and window token [p0 + n, T)
+ * form the set whose weights exp(s - m_h) are written over s and whose V rows are read once into
+ * acc (g, d); l (g) the sums. Scratch: m (g,), u (n,), w (T,), idx (T,). */
+static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint16_t *v,
+                         int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w, int32_t *idx,
+                         float *acc, float *l) {
+    for (int64_t h = 0; h < g; h++) m[h] = FN(row_max)(s + h * T, 0, T);
+    for (int64_t t = 0; t < n; t++) u[t] = -INFINITY;
+    for (int64_t h = 0; h < g; h++) {                       /* u = max over heads of s - m_h */
+        if (m[h] == -INFINITY) continue;
+        const float *row = s + h * T + p0;
+        int64_t t = 0;
 #ifdef SIMD_X86
-    if (d % 8 == 0 && g <= 8) {
-        switch (g) {
-        case 1: FN(av_tile)(s, T, 1, vk, KV * d, idx, n, d, acc); return;
-        case 2: FN(av_tile)(s, T, 2, vk, KV * d, idx, n, d, acc); return;
-        case 3: FN(av_tile)(s, T, 3, vk, KV * d, idx, n, d, acc); return;
-        case 4: FN(av_tile)(s, T, 4, vk, KV * d, idx, n, d, acc); return;
-        case 5: FN(av_tile)(s, T, 5, vk, KV * d, idx, n, d, acc); return;
-        case 6: FN(av_tile)(s, T, 6, vk, KV * d, idx, n, d, acc); return;
-        case 7: FN(av_tile)(s, T, 7, vk, KV * d, idx, n, d, acc); return;
-        default: FN(av_tile)(s, T, 8, vk, KV * d, idx, n, d, acc); return;
-        }
-    }
+        const __m256 vm = _mm256_set1_ps(m[h]);
+        for (; t + 8 <= n; t += 8)
+            _mm256_storeu_ps(u + t, _mm256_max_ps(_mm256_loadu_ps(u + t), _mm256_sub_ps(_mm256_loadu_ps(row + t), vm)));
 #endif
-    for (int64_t u = 0; u < n; u++) {
-        const int64_t t = idx[u];
-        for (int64_t h = 0; h < g; h++) {
-            const float w = s[h * T + t];
-            if (w != 0.0f) FN(axpy_f16)(w, vk + t * KV * d, acc + h * d, d);
-        }
+        for (; t < n; t++) { const float x = row[t] - m[h]; u[t] = x > u[t] ? x : u[t]; }
     }
+    const float cut = kth_largest_binned(u, n, k, w);
+    int64_t ns = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int keep;
+        if (t >= p0 && t < p0 + n) keep = u[t - p0] >= cut && u[t - p0] > -INFINITY;
+        else { keep = 0; for (int64_t h = 0; h < g; h++) keep |= s[h * T + t] > -INFINITY; }
+        if (keep) idx[ns++] = (int32_t)t;
+    }
+    for (int64_t h = 0; h < g; h++) {                       /* weights of the kept tokens only */
+        float *row = s + h * T;
+        if (m[h] == -INFINITY) { for (int64_t i = 0; i < ns; i++) row[idx[i]] = 0.0f; l[h] = 0.0f; continue; }
+        for (int64_t i = 0; i < ns; i++) w[i] = row[idx[i]];
+        l[h] = FN(exp_sub)(w, ns, m[h]);
+        for (int64_t i = 0; i < ns; i++) row[idx[i]] = w[i];
+    }
+    FN(av_idx)(s, T, g, v + kv * d, KV * d, idx, ns, d, acc);
 }

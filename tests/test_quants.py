@@ -209,11 +209,12 @@ def test_native_latent_score_matches_oracle():
 
 # (H, KV, d, B, nblk, sinks, nwin, topk, rb): GQA and plain heads, d not a multiple of 8, no sinks
 # or no window, a top-k cut, enough tokens (T = 1590) that softmax.V splits into chunks, and the
-# relative frame (rb > 0: one query projection per rotation block of rb tokens)
+# relative frame (rb > 0: one query projection per rotation block of rb tokens); no packed block yet
 ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0, 0), (14, 2, 64, 64, 3, 4, 37, 10, 0), (4, 1, 256, 24, 2, 0, 0, 0, 0),
                 (6, 3, 20, 8, 5, 2, 5, 7, 0), (1, 1, 8, 128, 1, 0, 1, 0, 0), (8, 1, 64, 128, 12, 4, 50, 300, 0),
                 (14, 2, 64, 64, 3, 4, 37, 0, 32), (14, 2, 64, 128, 4, 4, 33, 40, 64), (4, 1, 256, 24, 2, 0, 0, 0, 8),
-                (6, 3, 20, 8, 5, 2, 5, 7, 8), (8, 1, 64, 128, 12, 4, 50, 0, 128)]
+                (6, 3, 20, 8, 5, 2, 5, 7, 8), (8, 1, 64, 128, 12, 4, 50, 0, 128), (14, 2, 64, 64, 0, 4, 37, 0, 0),
+                (14, 2, 64, 64, 0, 4, 37, 0, 32)]
 
 
 @pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb", ATTEND_CASES)

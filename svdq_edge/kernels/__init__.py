@@ -145,6 +145,7 @@ def block_elems(qtype: int) -> int:
 # copies of the keys/values (or of the latent codes, dequantized once for all the queries); a
 # single decode query reads the f16 / packed cache directly in the native kernels.
 BATCH_QUERIES = 16
+SCORE_BYTES = 32 << 20      # a prefill pass's (queries, H, T) float32 scores: at most this (peak RSS at long context)
 
 
 def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray,
@@ -203,7 +204,14 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     """Causal (optionally sliding-window) GQA attention over f16 keys/values.
     q: float32 (n, H, d); k, v: float16 (T, KV, d) at positions k_pos0.. -> float32 (n, H, d)."""
     mod = backend()
-    n, T = q.shape[0], k.shape[0]
+    n, H, d = q.shape
+    T = k.shape[0]
+    rows = max(1, SCORE_BYTES // (4 * H * T))                                  # queries per pass
+    if n > rows:
+        out = np.empty((n, H, d), np.float32)                                  # (n, H, d)
+        for i in range(0, n, rows):
+            out[i:i + rows] = attention_f16(q[i:i + rows], k, v, scale, q_pos0 + i, k_pos0, window)
+        return out
     if n >= BATCH_QUERIES:
         return _attention_blas(q, k, v, scale, q_pos0, k_pos0, window)
     if not hasattr(mod, "qk_f16"):

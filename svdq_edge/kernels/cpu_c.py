@@ -180,7 +180,7 @@ class PackedScorer:
         """One decode query per head over the packed blocks plus f16 sinks and window, in one call.
         q: float32 (H, d) scaled; vmu: float32 (KV, d, r+1) basis rows | mean per KV head;
         kf: float16 (>= sinks+nwin, KV, d) sink rows then window rows; v: float16 (>= T, KV, d) by
-        position; topk: packed tokens kept per head (0 = all); scores: float32 scratch (>= H*T,);
+        position; topk: packed tokens kept per KV head group (0 = all); scores: float32 scratch (>= H*T,);
         rot: None (absolute frame) or (rb, cos, sin, neox) for the relative frame, cos/sin float32
         (n_ctx, d/2) RoPE tables (svdq_ref.decode_attend). Returns (H, d)."""
         H, d = q.shape

@@ -125,6 +125,24 @@ def rot_block_of(nrb: int, nblk: int, B: int) -> int:
     return rb
 
 
+def topk_group_mask(s: np.ndarray, p0: int, P: int, g: int, k: int) -> None:
+    """Token sparsity, in place on scores s (n, H, T) (-inf = masked): for each query and KV head
+    group of g query heads, the packed tokens [p0, p0 + P) are ranked by u_t = max over the group of
+    (s_h,t - m_h), m_h the head's max over all T tokens; all but the k best (every token tied with
+    the k-th kept) become -inf for the whole group, so one set of V rows serves its g heads.
+    Sinks and window are never cut. k <= 0 or k >= P: nothing is cut."""
+    if not 0 < k < P:
+        return
+    n, H, T = s.shape
+    m = s.max(axis=2, keepdims=True)                                                   # (n, H, 1)
+    m = np.where(np.isfinite(m), m, np.inf)                                            # all masked: u = -inf
+    u = (s[:, :, p0:p0 + P] - m).reshape(n, H // g, g, P).max(axis=2)                  # (n, KV, P)
+    cut = np.partition(u, P - k, axis=2)[:, :, P - k][..., None]                       # k-th largest
+    drop = (u < cut) | (u == -np.inf)                                                  # (n, KV, P)
+    sp = s[:, :, p0:p0 + P]
+    sp[np.repeat(drop, g, axis=1)] = -np.inf
+
+
 def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray, mn: np.ndarray,
                   widths: np.ndarray, B: int, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
                   topk: int, rb: int = 0, cos: np.ndarray | None = None, sin: np.ndarray | None = None,
@@ -132,7 +150,8 @@ def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray
     """Oracle of the one-call decode attention over an SVDq layer (per-layer basis, post-RoPE).
     q float32 (H, d) scaled queries; vmu (KV, d, r+1): each KV head's rows of the basis V and of the
     mean; codes/scale/mn: nblk packed blocks; kf f16 (>= sinks+nwin, KV, d): sink rows then window
-    rows; v f16 (>= T, KV, d) by position; topk: packed tokens kept per head (0: all).
+    rows; v f16 (>= T, KV, d) by position; topk: packed tokens kept per KV head group (0: all;
+    topk_group_mask).
     Token order: sinks | packed | window, T = sinks + nblk*B + nwin. Returns float64 (H, d)."""
     H, d = q.shape
     KV, r = vmu.shape[0], vmu.shape[2] - 1
@@ -155,10 +174,7 @@ def decode_attend(q: np.ndarray, vmu: np.ndarray, codes: list, scale: np.ndarray
             s[:, sinks:sinks + P] = sc + np.repeat(qp[..., r].T, rb, axis=1)
         else:
             s[:, sinks:sinks + P] = score(codes, scale, mn, widths, qp[:, :r].astype(np.float32), B) + qp[:, r:]
-        if 0 < topk < P:
-            sp = s[:, sinks:sinks + P]
-            cut = np.partition(sp, P - topk, axis=1)[:, P - topk][:, None]
-            sp[sp < cut] = -np.inf
+        topk_group_mask(s[None], sinks, P, g, topk)
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     return np.einsum("ht,thd->hd", p, np.repeat(v[:T].astype(np.float64), g, axis=1))

@@ -168,7 +168,7 @@ def add_cli_flags(p) -> None:
                         "by score error (calibrated basis)")
     p.add_argument("--svdq-spread", type=int, default=SVDqConfig.spread,
                    help="post-RoPE basis fitted to keys rotated to this many offsets over the context (1 = as seen)")
-    p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: a count, or a fraction < 1")
+    p.add_argument("--svdq-topk", type=float, default=None, help="token sparsity: packed tokens each KV head group keeps (its best by relative score; V read only for them), a count or a fraction < 1")
 
 
 def options_from_args(args) -> CacheOptions:

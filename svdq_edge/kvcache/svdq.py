@@ -180,11 +180,8 @@ class SVDqCache:
         grp = H // KV
         if self.nblk == 0:
             return out
-        if not self.cfg.pre_rope and (n >= kernels.BATCH_QUERIES or (self.rb and self.cfg.per_head)):
-            # a prefill chunk (or a per-head basis in the relative frame, which has no latent path):
-            # rebuild the packed keys once (T*r*D multiply-adds) and score them as f16 keys are
-            # scored (n*H*T*d), cheaper than n*H*T*r in the latent space when r > d
-            out[...] = self._rebuilt_scores(q)
+        if self._rebuilds(n):
+            out[...] = self._rebuilt_scores(q, self._rebuilt_keys())
             return out
         if not self.cfg.per_head and not self.cfg.pre_rope:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
@@ -226,12 +223,17 @@ class SVDqCache:
             out[:, hs, :] = (sc + base[:, None]).reshape(n, len(hs), -1)
         return out
 
-    def _rebuilt_scores(self, q: np.ndarray) -> np.ndarray:
-        """q (n, H, d) -> (n, H, nblk*B) scores of the packed keys rebuilt once (post-RoPE or
-        relative frame; rotated back to their positions in the relative frame)."""
-        n, H, d = q.shape
-        KV = self.spec.n_kv
-        grp = H // KV
+    def _rebuilds(self, n: int) -> bool:
+        """Whether n queries score rebuilt packed keys: a prefill chunk (or a per-head basis in the
+        relative frame, which has no latent path) rebuilds them once (T*r*D multiply-adds) and
+        scores them as f16 keys are scored (n*H*T*d), cheaper than n*H*T*r in the latent space
+        when r > d."""
+        return not self.cfg.pre_rope and (n >= kernels.BATCH_QUERIES or bool(self.rb and self.cfg.per_head))
+
+    def _rebuilt_keys(self) -> np.ndarray:
+        """The packed keys rebuilt, (nblk*B, KV, d) float32, at their positions (post-RoPE frame, or
+        the relative frame's keys rotated forward by their block centres)."""
+        KV, d = self.spec.n_kv, self.spec.head_dim
         t = self.nblk * self.B
         kp = np.empty((t, KV, d), np.float32)                                          # (t, KV, d)
         for g in range(self.G):
@@ -245,6 +247,14 @@ class SVDqCache:
         if self.rb:
             S = self.cfg.sinks
             kp = self.spec.rope.apply_at(kp, block_centers(S, t, self.rb, S))
+        return kp
+
+    def _rebuilt_scores(self, q: np.ndarray, kp: np.ndarray) -> np.ndarray:
+        """q (n, H, d) -> (n, H, t) scores of the rebuilt packed keys kp (t, KV, d)."""
+        n, H, d = q.shape
+        KV = self.spec.n_kv
+        grp = H // KV
+        t = kp.shape[0]
         qg = q.reshape(n, KV, grp, d).transpose(1, 0, 2, 3).reshape(KV, n * grp, d)
         sc = np.matmul(qg, kp.transpose(1, 2, 0))                                      # (KV, n*grp, t)
         return sc.reshape(KV, n, grp, t).transpose(1, 0, 2, 3).reshape(n, H, t)
@@ -266,23 +276,19 @@ class SVDqCache:
 
     def attend(self, q: np.ndarray, scale: float) -> np.ndarray:
         n, H, d = q.shape
-        KV = self.spec.n_kv
-        grp = H // KV
         S = min(self.cfg.sinks, self.offset)
         q0 = self.offset - n
         t_pack = self.nblk * self.B
         n_win = max(0, self.offset - self.win_start)
-        # sink rows [0, S) and window rows from cfg.sinks on: one slice once all sinks are held
-        rows = slice(0, S + n_win) if S == self.cfg.sinks else np.r_[0:S, self.cfg.sinks:self.cfg.sinks + n_win]
-        win_pos = np.arange(self.win_start, self.win_start + n_win)
         if self.pending and self.cfg.rank_by == "scores" and not self.cfg.pre_rope:
             # relative frame: the moment of the pre-RoPE queries (spread when the basis is fitted)
             qq = self.spec.rope.apply_at(q, -np.arange(q0, q0 + n)) if self.rb else q
-            M, rows_ = query_moment(qq, KV, self.cfg.per_head)
+            M, rows_ = query_moment(qq, self.spec.n_kv, self.cfg.per_head)
             self._qsum += M
             self._qn += rows_
         q = q * np.float32(scale)                                                     # scores come out scaled
-        if n == 1 and t_pack and S == self.cfg.sinks and self.Vmu is not None and not self.cfg.pre_rope:
+        # one native call per decode step, packed blocks or not (short contexts: the window only)
+        if n == 1 and S == self.cfg.sinks and not self.pending and self.Vmu is not None and not self.cfg.pre_rope:
             fast = self._decode_scorer().attend
             if fast is not None:
                 need = H * (S + t_pack + n_win)
@@ -292,6 +298,29 @@ class SVDqCache:
                 rot = (self.rb, rope.cos, rope.sin, rope.neox) if self.rb else None
                 return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores,
                             rot)[None]
+        # a prefill chunk: queries in passes whose (rows, H, T) scores fit kernels.SCORE_BYTES, the packed
+        # keys rebuilt once for all passes where that path scores them
+        rows = max(1, kernels.SCORE_BYTES // (4 * H * (S + t_pack + n_win)))
+        kp = self._rebuilt_keys() if t_pack and self._rebuilds(n) else None
+        if n <= rows:
+            return self._attend_rows(q, q0, kp)
+        out = np.empty((n, H, d), np.float32)                                          # (n, H, d)
+        for i in range(0, n, rows):
+            out[i:i + rows] = self._attend_rows(q[i:i + rows], q0 + i, kp)
+        return out
+
+    def _attend_rows(self, q: np.ndarray, q0: int, kp: np.ndarray | None) -> np.ndarray:
+        """Scaled queries q (n, H, d) at positions q0.. over every held token -> (n, H, d); kp: the
+        packed keys rebuilt by _rebuilt_keys, or None to score them in the latent space."""
+        n, H, d = q.shape
+        KV = self.spec.n_kv
+        grp = H // KV
+        S = min(self.cfg.sinks, self.offset)
+        t_pack = self.nblk * self.B
+        n_win = max(0, self.offset - self.win_start)
+        # sink rows [0, S) and window rows from cfg.sinks on: one slice once all sinks are held
+        rows = slice(0, S + n_win) if S == self.cfg.sinks else np.r_[0:S, self.cfg.sinks:self.cfg.sinks + n_win]
+        win_pos = np.arange(self.win_start, self.win_start + n_win)
         if self.cfg.pre_rope:
             kf = self.spec.rope.apply_at(self.kfull[rows].astype(np.float32), np.concatenate([np.arange(S), win_pos]))
             s_full = np.matmul(q.reshape(n, KV, grp, d), kf.transpose(1, 2, 0)).reshape(n, H, -1)
@@ -302,7 +331,10 @@ class SVDqCache:
         scores[:, :, :S] = s_full[:, :, :S]
         scores[:, :, S + t_pack:] = s_full[:, :, S:]
         if t_pack:
-            self._packed_scores(q, out=scores[:, :, S:S + t_pack])
+            if kp is not None:
+                scores[:, :, S:S + t_pack] = self._rebuilt_scores(q, kp)
+            else:
+                self._packed_scores(q, out=scores[:, :, S:S + t_pack])
         if n > 1:
             # causal mask (a single decode query sees every stored token). Packed keys were
             # flushed by an earlier append, so all precede the batch: only sinks and window mask
@@ -311,16 +343,12 @@ class SVDqCache:
                 mask = kpos[None, :] > qpos[:, None]                                   # (n, t)
                 if mask.any():
                     cols[np.broadcast_to(mask[:, None, :], cols.shape)] = -np.inf
-        k = self._topk(t_pack)
-        if k:
-            sp = scores[:, :, S:S + t_pack]
-            cut = np.partition(sp, t_pack - k, axis=2)[:, :, t_pack - k][:, :, None]
-            sp[sp < cut] = -np.inf
+        svdq_ref.topk_group_mask(scores, S, t_pack, grp, self._topk(t_pack))
         # softmax and V accumulation; V rows are read only for tokens with nonzero weight
         return kernels.softmax_av_f16(scores, self.v[:self.offset])
 
     def _topk(self, t_pack: int) -> int:
-        """Packed tokens kept per head by --svdq-topk (a count or a fraction); 0 = all of them."""
+        """Packed tokens kept per KV head group by --svdq-topk (a count or a fraction); 0 = all."""
         if self.cfg.topk is None or t_pack == 0:
             return 0
         k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
