@@ -180,6 +180,19 @@ def git_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------------- running
+def run_measured(cmd: list[str], cwd=None) -> tuple[str, str, int, float]:
+    """Run cmd; its stdout, stderr, exit code and peak RSS in MiB (the child's own ru_maxrss, by
+    wait4: mapped model pages it touched included, as for any process)."""
+    import tempfile
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        pr = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, cwd=cwd)
+        _, status, ru = os.wait4(pr.pid, 0)
+        pr.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0)
+        fe.seek(0)
+        return fo.read(), fe.read(), pr.returncode, ru.ru_maxrss / 1024.0
+
+
 def run_llama_bench(model: Path, tk: str, tv: str, fa: list[int], p: int, n: int, depths: list[int],
                     reps: int, threads: int) -> tuple[list[str], list[dict], str]:
     cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", str(p), "-n", str(n),
@@ -187,16 +200,16 @@ def run_llama_bench(model: Path, tk: str, tv: str, fa: list[int], p: int, n: int
            "-t", str(threads), "-r", str(reps), "-o", "jsonl"]
     print("+", shlex.join(cmd), flush=True)
     t0 = time.time()
-    pr = subprocess.run(cmd, capture_output=True, text=True)
+    stdout, stderr, rc, rss = run_measured(cmd)
     rows = []
-    for line in pr.stdout.splitlines():
+    for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
-            rows.append(json.loads(line))
-    err = "" if pr.returncode == 0 else pr.stderr[-2000:]
+            rows.append({**json.loads(line), "rss_peak_mib": rss})
+    err = "" if rc == 0 else stderr[-2000:]
     if err:
-        print(f"  llama-bench exit {pr.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")
-    print(f"  {len(rows)} rows, {time.time() - t0:.0f} s", flush=True)
+        print(f"  llama-bench exit {rc}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+    print(f"  {len(rows)} rows, {time.time() - t0:.0f} s, peak RSS {rss:.0f} MiB", flush=True)
     return cmd, rows, err
 
 
@@ -207,14 +220,14 @@ def run_svdq(model: Path, ctk: str, p: int, n: int, depth: int, reps: int, threa
            "-c", str(ctx), "-ctk", ctk, "-t", str(threads), "-r", str(reps), "--json", *extra]
     print("+", shlex.join(cmd), flush=True)
     t0 = time.time()
-    pr = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    stdout, stderr, rc, rss = run_measured(cmd, cwd=ROOT)
     rows, err = [], ""
     try:
-        rows = json.loads(pr.stdout[pr.stdout.index("["):])
+        rows = [{**r, "rss_peak_mib": rss} for r in json.loads(stdout[stdout.index("["):])]
     except ValueError:
-        err = (pr.stderr or pr.stdout)[-2000:]
-        print(f"  svdq-edge exit {pr.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")
-    print(f"  {len(rows)} rows, {time.time() - t0:.0f} s", flush=True)
+        err = (stderr or stdout)[-2000:]
+        print(f"  svdq-edge exit {rc}: {err.strip().splitlines()[-1] if err.strip() else ''}")
+    print(f"  {len(rows)} rows, {time.time() - t0:.0f} s, peak RSS {rss:.0f} MiB", flush=True)
     return cmd, rows, err
 
 
@@ -224,7 +237,8 @@ def norm_llama(r: dict, sh_: dict) -> dict:
     return {"runtime": "llama.cpp", "cache": r["type_k"] if r["type_k"] == r["type_v"] else f"{r['type_k']}/{r['type_v']}",
             "fa": int(r["flash_attn"]), "test": test, "depth": r["n_depth"], "tps": r["avg_ts"],
             "tps_std": r["stddev_ts"], "tps_samples": r.get("samples_ts"), "n_tokens": n_tok,
-            "kv_mib": llama_kv_bytes(sh_, n_tok, r["type_k"], r["type_v"]) / MiB, "kv_source": "computed"}
+            "kv_mib": llama_kv_bytes(sh_, n_tok, r["type_k"], r["type_v"]) / MiB, "kv_source": "computed",
+            "rss_peak_mib": r.get("rss_peak_mib")}
 
 
 def norm_svdq(r: dict) -> dict:
@@ -234,7 +248,8 @@ def norm_svdq(r: dict) -> dict:
     return {"runtime": "svdq-edge", "cache": r["ctk"] if r["ctk"] == r["ctv"] else f"{r['ctk']}/{r['ctv']}",
             "fa": None, "test": test, "depth": r["depth"], "tps": r["tps"], "tps_std": r["tps_std"],
             "n_tokens": n_tok, "kv_mib": r["kv_bytes"] / MiB, "kv_source": "measured",
-            "k_bits_per_elem": r.get("k_bits_per_elem"), "backend": r.get("backend")}
+            "k_bits_per_elem": r.get("k_bits_per_elem"), "backend": r.get("backend"),
+            "rss_peak_mib": r.get("rss_peak_mib")}
 
 
 def cmd_run(a) -> None:
@@ -325,8 +340,10 @@ def table(doc: dict) -> str:
     pp = sorted({r["test"] for r in rows if r["test"].startswith("pp")})
     cols = [(t, 0, t) for t in pp] + [(None, d, "tg128" if d == 0 else f"tg@{depth_name(d)}") for d in depths]
     kvcols = [(d, f"KV MiB {depth_name(d)}") for d in depths]
-    head = "| runtime | cache K/V | FA | " + " | ".join(c[2] for c in cols) + " | " + " | ".join(k[1] for k in kvcols) + " |"
-    lines = [head, "|" + "---|" * (3 + len(cols) + len(kvcols))]
+    rsscols = [(d, f"peak RSS MiB {depth_name(d)}") for d in depths
+               if any(r.get("rss_peak_mib") and r["depth_requested"] == d for r in rows)]
+    head = "| runtime | cache K/V | FA | " + " | ".join([c[2] for c in cols] + [c[1] for c in kvcols + rsscols]) + " |"
+    lines = [head, "|" + "---|" * (3 + len(cols) + len(kvcols) + len(rsscols))]
 
     def find(l, test, d):
         for r in rows:
@@ -342,11 +359,15 @@ def table(doc: dict) -> str:
         for d, _ in kvcols:
             r = find(l, None, d)
             cells.append("—" if r is None else f"{r['kv_mib']:.1f}" + ("*" if r["kv_source"] == "computed" else ""))
+        for d, _ in rsscols:
+            r = find(l, None, d)
+            cells.append("—" if r is None or not r.get("rss_peak_mib") else f"{r['rss_peak_mib']:.0f}")
         lines.append(f"| {l[0]} | {l[1]} | {l[2] or '—'} | " + " | ".join(cells) + " |")
     lowered = sorted({(r["depth_requested"], r["depth"]) for r in rows if r["depth"] != r["depth_requested"]})
     notes = ["tok/s, mean ± std over repetitions; short = `-p 512 -n 128`, deeper = `-n 32` after the depth; "
              f"{doc['threads']} threads. KV MiB for the tokens held after the decode test; "
-             "* = computed from shapes (llama.cpp), else measured (svdq-edge)."]
+             "* = computed from shapes (llama.cpp), else measured (svdq-edge). Peak RSS: the whole "
+             "process (ru_maxrss by wait4, weights' mapped pages included) of the invocation that ran the row."]
     notes += [f"depth {a} run as {b} (training context)" for a, b in lowered]
     if any(r["cache"].endswith("/f16") and r["runtime"] == "llama.cpp" for r in rows):
         notes.append("llama.cpp `q*/f16` = quantized K only: quantized V needs flash attention in llama.cpp.")
