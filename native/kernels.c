@@ -330,10 +330,13 @@ static void unrotate_q(const float *q, int64_t H, int64_t d, const float *c, con
     }
 }
 
+static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
+                      int64_t d, int64_t T, float *out);
+
 /* Token sparsity of one decode query: each KV head group keeps its k best packed tokens (ranked by
  * sav_topk) with the sinks and window; out (H, d) = acc / l per head. */
-static int topk_softmax_av(float *scores, const uint16_t *v, int64_t H, int64_t KV, int64_t d, int64_t T,
-                           int64_t p0, int64_t n, int64_t k, float *out) {
+static int topk_softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t H, int64_t KV,
+                           int64_t d, int64_t T, int64_t p0, int64_t n, int64_t k, float *out) {
     const int64_t g = H / KV;
     const int nt = svdq_get_threads();
     const size_t per = (size_t)(2 * g + n + 2 * T + g * d);  /* per thread: m, l (g,), u (n,), w, idx (T,), acc (g, d) */
@@ -346,7 +349,7 @@ static int topk_softmax_av(float *scores, const uint16_t *v, int64_t H, int64_t 
         float *w = u + n;
         int32_t *idx = (int32_t *)(w + T);
         float *acc = (float *)(idx + T);
-        BY_PATH(sav_topk, scores + kv * g * T, g, T, p0, n, k, v, KV, d, kv, m, u, w, idx, acc, l);
+        BY_PATH(sav_topk, scores + kv * g * T, g, T, p0, n, k, v, vtype, vrb, KV, d, kv, m, u, w, idx, acc, l);
         for (int64_t h = 0; h < g; h++) {
             const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
             for (int64_t e = 0; e < d; e++) out[(kv * g + h) * d + e] = acc[h * d + e] * inv;
@@ -360,12 +363,16 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
                        const unsigned char *c8, const unsigned char *c4, const unsigned char *c2,
                        const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
                        const unsigned short *scale, const unsigned short *mn, long long nblk, long long B,
-                       const unsigned short *kf, long long S, long long nwin, const unsigned short *v,
+                       const unsigned short *kf, long long S, long long nwin, const unsigned char *v, int vtype,
                        long long topk, const float *cos_t, const float *sin_t, long long n_ctx, long long rb,
                        int neox, float *scores, float *out) {
     if (H <= 0 || KV <= 0 || d <= 0 || H % KV || n8 < 0 || n4 < 0 || n2 < 0 || n1 < 0 ||
         n8 + n4 + n2 + n1 > 1024 || B <= 0 || B % 8 || B > 1024 || nblk < 0 || S < 0 || nwin < 0 || topk < 0)
         return -3;
+    if (vtype != F16 && vtype != Q8_0 && vtype != Q4_0) return -1;
+    if (vtype != F16 && d > 1024) return -3;
+    const int64_t vrb = type_row_bytes(vtype, d);            /* bytes of one head's V row */
+    if (vrb < 0) return -2;
     const int64_t r = n8 + n4 + n2 + n1, ldq = r + 1, P = nblk * B, T = S + P + nwin;
     if (T <= 0 || rb < 0 || (rb && (rb % 8 || B % rb || d % 2 || !cos_t || !sin_t || S + P > n_ctx))) return -3;
     const int64_t sub = rb ? rb : B;                        /* tokens per query projection */
@@ -399,8 +406,59 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
     /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */
     BY_PATH(qk_rows, q, kf, 1, H, KV, d, T, 0, S, scores);
     BY_PATH(qk_rows, q, kf + S * KV * d, 1, H, KV, d, T, 0, nwin, scores + S + P);
-    if (topk > 0 && topk < P) return topk_softmax_av(scores, (const uint16_t *)v, H, KV, d, T, S, P, topk, out);
-    return svdq_softmax_av_f16(scores, v, 1, H, KV, d, T, out);
+    if (topk > 0 && topk < P) return topk_softmax_av(scores, v, vtype, vrb, H, KV, d, T, S, P, topk, out);
+    return softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, out);
+}
+
+/* float -> IEEE half, round to nearest even (numpy's astype(float16)) */
+static uint16_t f2h(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));   /* inf, NaN */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);                                    /* >= 65520: inf */
+    if (ax < 0x38800000u) {                                 /* below 2^-14: a subnormal half, m * 2^-24 */
+        float af;
+        memcpy(&af, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)lrintf(af * 16777216.0f));
+    }
+    uint32_t h = (((ax >> 23) - 112) << 10) | ((ax & 0x7fffffu) >> 13);
+    const uint32_t rest = ax & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+/* x (n, k) float32 -> out (n, row bytes) GGML Q8_0 or Q4_0 blocks of 32, value for value what
+ * gguf-py's quantize writes (the KV cache's quantized V rows) */
+int svdq_quantize_rows(const float *x, long long n, long long k, int T, unsigned char *out) {
+    if (T != Q8_0 && T != Q4_0) return -1;
+    if (n < 0 || k <= 0 || k % 32) return -3;
+    const int64_t rb = type_row_bytes(T, k);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t b = 0; b < k / 32; b++) {
+            const float *xb = x + i * k + b * 32;
+            uint8_t *o = out + i * rb + b * (T == Q8_0 ? 34 : 18);
+            float amax = 0.0f, mx = 0.0f;                   /* the largest |x|, and x there (first such) */
+            for (int j = 0; j < 32; j++)
+                if (fabsf(xb[j]) > amax) { amax = fabsf(xb[j]); mx = xb[j]; }
+            const float d = T == Q8_0 ? amax / 127.0f : mx / -8.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            const uint16_t dh = f2h(d);
+            o[0] = (uint8_t)(dh & 0xff);
+            o[1] = (uint8_t)(dh >> 8);
+            if (T == Q8_0) {
+                for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)(int8_t)roundf(xb[j] * id);
+            } else {
+                uint8_t q[32];
+                for (int j = 0; j < 32; j++) {
+                    volatile float p = xb[j] * id;          /* no fused multiply-add: gguf-py rounds twice */
+                    const int v = (int)(p + 8.5f);
+                    q[j] = (uint8_t)(v > 15 ? 15 : v);
+                }
+                for (int j = 0; j < 16; j++) o[2 + j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+            }
+        }
+    return 0;
 }
 
 int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long H, long long KV,
@@ -410,11 +468,17 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
     return 0;
 }
 
-/* softmax.V for nq queries: work items are (query, KV head, token chunk); each chunk keeps its
- * own max, sum and (g, d) accumulator, merged here with the factors exp(m_c - M) */
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
                         long long d, long long T, float *out) {
     if (nq < 0 || T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV) return -3;
+    return softmax_av(scores, (const uint8_t *)v, F16, 2 * d, nq, H, KV, d, T, out);
+}
+
+/* softmax.V for nq queries over V rows of type vtype (vrb bytes per head row): work items are
+ * (query, KV head, token chunk); each chunk keeps its own max, sum and (g, d) accumulator, merged
+ * here with the factors exp(m_c - M) */
+static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
+                      int64_t d, int64_t T, float *out) {
     const int64_t g = H / KV, groups = nq * KV;
     if (groups == 0) return 0;
     const int nt = svdq_get_threads();
@@ -433,7 +497,7 @@ int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, lo
         const int64_t t1 = T * (c + 1) / nch;
         const int64_t kv = grp % KV;
         const int64_t i = grp / KV;
-        BY_PATH(sav_chunk, scores + (i * H + kv * g) * T, g, T, t0, t1, (const uint16_t *)v, KV, d, kv,
+        BY_PATH(sav_chunk, scores + (i * H + kv * g) * T, g, T, t0, t1, v, vtype, vrb, KV, d, kv,
                 idx + grp * T + t0, acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
     });
     for (int64_t grp = 0; grp < groups; grp++) {

@@ -358,22 +358,39 @@ static inline float FN(exp_sub)(float *x, int64_t n, float mx) {
     return sum;
 }
 
-/* acc (g, d) = sum over the n listed tokens idx of p_h[t] v_t (p: g rows, stride T; v rows vstride
- * apart); each V row is read once for the g heads */
-static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint16_t *vk, int64_t vstride,
-                       const int32_t *idx, int64_t n, int64_t d, float *acc) {
+/* acc (g, d) = sum over the n listed tokens idx of p_h[t] v_t (p: g rows, stride T); V rows of
+ * type vtype (F16, or GGML Q8_0 / Q4_0 blocks: vrb bytes per head row, d <= 1024) lie vstride
+ * bytes apart from vk; each V row is read once for the g heads */
+static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, int64_t vstride, int vtype,
+                       int64_t vrb, const int32_t *idx, int64_t n, int64_t d, float *acc) {
     for (int64_t i = 0; i < g * d; i++) acc[i] = 0.0f;
+    if (vtype != F16) {
+        float row[1024];                                    /* (d,) one dequantized V row */
+        for (int64_t u = 0; u < n; u++) {
+            const int64_t t = idx[u];
+            FN(dequant_rows)(vk + t * vstride, vrb, vtype, d, 0, 1, row);
+            for (int64_t h = 0; h < g; h++) {
+                const float w = s[h * T + t];
+                if (w == 0.0f) continue;
+                float *a = acc + h * d;
+                for (int64_t e = 0; e < d; e++) a[e] += w * row[e];
+            }
+        }
+        return;
+    }
+    const uint16_t *vh = (const uint16_t *)vk;
+    const int64_t vs = vstride / 2;                         /* in f16 elements */
 #ifdef SIMD_X86
     if (d % 8 == 0 && g <= 8) {
         switch (g) {
-        case 1: FN(av_tile)(s, T, 1, vk, vstride, idx, n, d, acc); return;
-        case 2: FN(av_tile)(s, T, 2, vk, vstride, idx, n, d, acc); return;
-        case 3: FN(av_tile)(s, T, 3, vk, vstride, idx, n, d, acc); return;
-        case 4: FN(av_tile)(s, T, 4, vk, vstride, idx, n, d, acc); return;
-        case 5: FN(av_tile)(s, T, 5, vk, vstride, idx, n, d, acc); return;
-        case 6: FN(av_tile)(s, T, 6, vk, vstride, idx, n, d, acc); return;
-        case 7: FN(av_tile)(s, T, 7, vk, vstride, idx, n, d, acc); return;
-        default: FN(av_tile)(s, T, 8, vk, vstride, idx, n, d, acc); return;
+        case 1: FN(av_tile)(s, T, 1, vh, vs, idx, n, d, acc); return;
+        case 2: FN(av_tile)(s, T, 2, vh, vs, idx, n, d, acc); return;
+        case 3: FN(av_tile)(s, T, 3, vh, vs, idx, n, d, acc); return;
+        case 4: FN(av_tile)(s, T, 4, vh, vs, idx, n, d, acc); return;
+        case 5: FN(av_tile)(s, T, 5, vh, vs, idx, n, d, acc); return;
+        case 6: FN(av_tile)(s, T, 6, vh, vs, idx, n, d, acc); return;
+        case 7: FN(av_tile)(s, T, 7, vh, vs, idx, n, d, acc); return;
+        default: FN(av_tile)(s, T, 8, vh, vs, idx, n, d, acc); return;
         }
     }
 #endif
@@ -381,17 +398,17 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint16_t *vk,
         const int64_t t = idx[u];
         for (int64_t h = 0; h < g; h++) {
             const float w = s[h * T + t];
-            if (w != 0.0f) FN(axpy_f16)(w, vk + t * vstride, acc + h * d, d);
+            if (w != 0.0f) FN(axpy_f16)(w, vh + t * vs, acc + h * d, d);
         }
     }
 }
 
 /* Tokens [t0, t1) of the g query heads s (g rows, stride T) that share KV head kv: per head the
  * chunk max m_h and sum l_h of p = exp(s - m_h) (written over s), and acc (g, d) = sum_t p v_t.
- * V rows are read only for tokens some head gives a nonzero weight (masked: -inf).
- * idx: scratch (t1 - t0,). */
-static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1, const uint16_t *v,
-                          int64_t KV, int64_t d, int64_t kv, int32_t *idx, float *acc, float *m, float *l) {
+ * V rows (av_idx's types) are read only for tokens some head gives a nonzero weight (masked:
+ * -inf). idx: scratch (t1 - t0,). */
+static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1, const uint8_t *v, int vtype,
+                          int64_t vrb, int64_t KV, int64_t d, int64_t kv, int32_t *idx, float *acc, float *m, float *l) {
     for (int64_t h = 0; h < g; h++) {
         float *row = s + h * T;
         const float mx = FN(row_max)(row, t0, t1);
@@ -424,7 +441,7 @@ static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1
         for (int64_t h = 0; h < g; h++) any |= s[h * T + t] != 0.0f;
         if (any) idx[n++] = (int32_t)t;
     }
-    FN(av_idx)(s, T, g, v + kv * d, KV * d, idx, n, d, acc);
+    FN(av_idx)(s, T, g, v + kv * vrb, KV * vrb, vtype, vrb, idx, n, d, acc);
 }
 
 /* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
@@ -432,9 +449,9 @@ static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1
  * the k best (all tied at the cut) with every unmasked sink [0, p0) and window token [p0 + n, T)
  * form the set whose weights exp(s - m_h) are written over s and whose V rows are read once into
  * acc (g, d); l (g) the sums. Scratch: m (g,), u (n,), w (T,), idx (T,). */
-static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint16_t *v,
-                         int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w, int32_t *idx,
-                         float *acc, float *l) {
+static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
+                         int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w,
+                         int32_t *idx, float *acc, float *l) {
     for (int64_t h = 0; h < g; h++) m[h] = FN(row_max)(s + h * T, 0, T);
     for (int64_t t = 0; t < n; t++) u[t] = -INFINITY;
     for (int64_t h = 0; h < g; h++) {                       /* u = max over heads of s - m_h */
@@ -463,5 +480,5 @@ static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, 
         l[h] = FN(exp_sub)(w, ns, m[h]);
         for (int64_t i = 0; i < ns; i++) row[idx[i]] = w[i];
     }
-    FN(av_idx)(s, T, g, v + kv * d, KV * d, idx, ns, d, acc);
+    FN(av_idx)(s, T, g, v + kv * vrb, KV * vrb, vtype, vrb, idx, ns, d, acc);
 }

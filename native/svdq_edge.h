@@ -18,9 +18,10 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
                        const unsigned char *c8, const unsigned char *c4, const unsigned char *c2,
                        const unsigned char *c1, long long n8, long long n4, long long n2, long long n1,
                        const unsigned short *scale, const unsigned short *mn, long long nblk, long long block,
-                       const unsigned short *kf, long long sinks, long long nwin, const unsigned short *v,
+                       const unsigned short *kf, long long sinks, long long nwin, const unsigned char *v, int vtype,
                        long long topk, const float *cos_t, const float *sin_t, long long n_ctx, long long rb,
                        int neox, float *scores, float *out);
+int svdq_quantize_rows(const float *x, long long n, long long k, int qtype, unsigned char *out);
 int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long H, long long KV,
                 long long d, long long T, float *out);
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,

@@ -63,20 +63,22 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
     case OP_SOFTMAX_AV:   /* p: nq, H, KV, d, T; b: scores float (nq, H, T), v f16 bits (T, KV, d) */
         if (nbuf != 2 || nbytes[0] != 4 * p[0] * p[1] * p[4] || nbytes[1] != 2 * p[4] * p[2] * p[3]) return -101;
         return svdq_softmax_av_f16((float *)b[0], (const unsigned short *)b[1], p[0], p[1], p[2], p[3], p[4], out);
-    case OP_LATENT_ATTEND: {  /* p: n8, n4, n2, n1, nblk, B, H, KV, d, sinks, nwin, topk, rb, neox, n_ctx;
+    case OP_LATENT_ATTEND: {  /* p: n8, n4, n2, n1, nblk, B, H, KV, d, sinks, nwin, topk, rb, neox, n_ctx, vtype;
                                * b: c8, c4, c2, c1, scale, min, q float (H, d), vmu float (KV, d, r+1), kf f16
-                               * bits (sinks+nwin, KV, d), v f16 bits (T, KV, d), scores float (H, T), then
-                               * cos, sin float (n_ctx, d/2) (empty when rb = 0) */
+                               * bits (sinks+nwin, KV, d), v (T, KV, d) f16 bits or (T, KV, row bytes) Q8_0 /
+                               * Q4_0 blocks, scores float (H, T), then cos, sin float (n_ctx, d/2) (empty
+                               * when rb = 0) */
         const int64_t r = p[0] + p[1] + p[2] + p[3], T = p[9] + p[4] * p[5] + p[10];
+        const int64_t vrow = p[15] == 8 ? p[8] / 32 * 34 : p[15] == 2 ? p[8] / 32 * 18 : 2 * p[8];
         if (nbuf != 13 || nbytes[0] != p[4] * p[0] * p[5] || nbytes[1] != p[4] * p[1] * p[5] / 2
             || nbytes[2] != p[4] * p[2] * p[5] / 4 || nbytes[3] != p[4] * p[3] * p[5] / 8
             || nbytes[4] != 2 * p[4] * r || nbytes[5] != nbytes[4] || nbytes[6] != 4 * p[6] * p[8]
             || nbytes[7] != 4 * p[7] * p[8] * (r + 1) || nbytes[8] != 2 * (p[9] + p[10]) * p[7] * p[8]
-            || nbytes[9] != 2 * T * p[7] * p[8] || nbytes[10] != 4 * p[6] * T
+            || nbytes[9] != T * p[7] * vrow || nbytes[10] != 4 * p[6] * T
             || nbytes[11] != 4 * p[14] * (p[8] / 2) || nbytes[12] != nbytes[11]) return -101;
         return svdq_latent_attend((const float *)b[6], p[6], p[7], p[8], (const float *)b[7], b[0], b[1], b[2], b[3],
                                   p[0], p[1], p[2], p[3], (const unsigned short *)b[4], (const unsigned short *)b[5],
-                                  p[4], p[5], (const unsigned short *)b[8], p[9], p[10], (const unsigned short *)b[9],
+                                  p[4], p[5], (const unsigned short *)b[8], p[9], p[10], b[9], (int)p[15],
                                   p[11], nbytes[11] ? (const float *)b[11] : NULL,
                                   nbytes[12] ? (const float *)b[12] : NULL, p[14], p[12], (int)p[13], (float *)b[10], out);
     }

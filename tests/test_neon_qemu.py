@@ -191,8 +191,10 @@ def build_cases() -> list[Case]:
                                   [*codes, scale, mn, qt], _expect_close(want, size)))
     # the one-call SVDq decode attention (latent scores, f16 sinks and window, top-k, softmax.V)
     widths = np.array([8, 4, 4, 2, 2, 1, 1, 1, 1])
-    for H, KV, d, B, nblk, S, nwin, topk, rb in [(14, 2, 64, 64, 3, 4, 37, 10, 0), (6, 3, 20, 8, 5, 2, 5, 0, 0),
-                                                 (14, 2, 64, 64, 3, 4, 37, 0, 32), (6, 3, 20, 8, 5, 2, 5, 7, 8)]:
+    # (V as f16, or as GGML Q8_0 / Q4_0 rows: vt 8 / 2)
+    for H, KV, d, B, nblk, S, nwin, topk, rb, vt in [(14, 2, 64, 64, 3, 4, 37, 10, 0, 1), (6, 3, 20, 8, 5, 2, 5, 0, 0, 1),
+                                                     (14, 2, 64, 64, 3, 4, 37, 0, 32, 1), (6, 3, 20, 8, 5, 2, 5, 7, 8, 1),
+                                                     (14, 2, 64, 64, 3, 4, 37, 10, 32, 2), (8, 1, 64, 64, 2, 4, 9, 0, 0, 8)]:
         r = len(widths)
         counts = svdq_ref.width_counts(widths)
         codes = [np.zeros((nblk, c, B * w // 8), np.uint8) for w, c in zip(svdq_ref.PACK_WIDTHS, counts)]
@@ -207,13 +209,18 @@ def build_cases() -> list[Case]:
         vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
         kf = rng.standard_normal((S + nwin, KV, d)).astype(np.float16)
         v = rng.standard_normal((Tn, KV, d)).astype(np.float16)
+        vbuf = v.view(np.uint16)
+        if vt != 1:
+            from gguf.quants import dequantize, quantize
+            vbuf = quantize(v.astype(np.float32).reshape(Tn * KV, d), vt)
+            v = dequantize(vbuf, vt).reshape(Tn, KV, d)
         rope = RoPE(d, 10000.0, Tn, rb != 8)                                           # both pair layouts
         want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, S, nwin, v, topk, rb, rope.cos,
                                       rope.sin, rope.neox)
         tabs = [rope.cos, rope.sin] if rb else [np.zeros(0, np.float32)] * 2
-        cases.append(Case("latent", f"latent attend {H},{KV},{d} B={B} topk={topk} rb={rb}", "latent_attend",
-                          [*counts, nblk, B, H, KV, d, S, nwin, topk, rb, int(rope.neox), Tn if rb else 0],
-                          [*codes, scale, mn, q, vmu, kf.view(np.uint16), v.view(np.uint16), np.zeros(H * Tn, np.float32),
+        cases.append(Case("latent", f"latent attend {H},{KV},{d} B={B} topk={topk} rb={rb} v={vt}", "latent_attend",
+                          [*counts, nblk, B, H, KV, d, S, nwin, topk, rb, int(rope.neox), Tn if rb else 0, vt],
+                          [*codes, scale, mn, q, vmu, kf.view(np.uint16), vbuf, np.zeros(H * Tn, np.float32),
                            *tabs],
                           _expect_close(want, np.abs(v).astype(np.float64).max() * np.ones_like(want), 1e-4)))
     # attention over f16 K/V: GQA shapes, d not a multiple of 8, T = 1; long T splits softmax.V into

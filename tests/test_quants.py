@@ -217,9 +217,12 @@ ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0, 0), (14, 2, 64, 64, 3, 4, 37, 10, 0
                 (14, 2, 64, 64, 0, 4, 37, 0, 32)]
 
 
-@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb", ATTEND_CASES)
-def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk, rb):
-    """The one-call SVDq decode attention on every path against svdq_ref.decode_attend (float64)."""
+@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb,vt", [(*c, 1) for c in ATTEND_CASES] + [
+    (14, 2, 64, 64, 3, 4, 37, 10, 32, 2), (14, 2, 64, 128, 4, 4, 33, 0, 64, 8), (4, 1, 256, 24, 2, 0, 0, 0, 8, 2),
+    (8, 1, 64, 128, 12, 4, 50, 300, 128, 8)])
+def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk, rb, vt):
+    """The one-call SVDq decode attention on every path against svdq_ref.decode_attend (float64);
+    V as f16 (vt 1) or as GGML Q8_0 / Q4_0 rows (vt 8 / 2; the oracle reads gguf-py's dequantization)."""
     from svdq_edge.rope import RoPE
     from svdq_edge.kernels import cpu_c, svdq_ref
     rng = np.random.default_rng(H * 1000 + d + topk)
@@ -231,6 +234,11 @@ def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, top
     vmu = rng.standard_normal((KV, d, r + 1)).astype(np.float32)
     kf = rng.standard_normal((sinks + nwin + 3, KV, d)).astype(np.float16)       # spare rows past the window
     v = rng.standard_normal((T + 5, KV, d)).astype(np.float16)
+    vbuf = v
+    if vt != 1:
+        from gguf.quants import dequantize, quantize
+        vbuf = quantize(v.astype(np.float32).reshape(-1, d), vt).reshape(T + 5, KV, -1)
+        v = dequantize(vbuf.reshape((T + 5) * KV, -1), vt).reshape(T + 5, KV, d)
     neox = rb % 16 == 0                                     # both pair layouts
     rope = RoPE(d, 10000.0, T + 3, neox)
     want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, sinks, nwin, v, topk,
@@ -240,7 +248,7 @@ def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, top
     for p in cpu_c.cpu_paths():
         cpu_c.set_path(p)
         try:
-            got = scorer.attend(q, vmu, kf, sinks, nwin, v, topk, np.full(H * T + 7, np.nan, np.float32), rot)
+            got = scorer.attend(q, vmu, kf, sinks, nwin, vbuf, topk, np.full(H * T + 7, np.nan, np.float32), rot, vt)
         finally:
             cpu_c.set_path(None)
         assert np.abs(got - want).max() < 1e-4 * np.abs(v).astype(np.float32).max(), (p, np.abs(got - want).max())
@@ -266,16 +274,43 @@ def test_native_latent_attend_refuses_bad_sizes():
     with pytest.raises(ValueError, match="RoPE tables"):
         scorer.attend(q, **ok, rot=(8, rope.cos[:, :3].copy(), rope.sin[:, :3].copy(), True))
 
-    def raw(H=4, rb=0, n_ctx=38):
+    def raw(H=4, rb=0, n_ctx=38, vtype=1):
         return cpu_c.lib.svdq_latent_attend(
             cpu_c._ptr(q, "float *"), H, 2, 8, cpu_c._ptr(ok["vmu"], "float *"), *scorer._args, 16,
-            cpu_c._ptr(kf, "unsigned short *"), 2, 4, cpu_c._ptr(v, "unsigned short *"), 0,
+            cpu_c._ptr(kf, "unsigned short *"), 2, 4, cpu_c._ptr(v, "unsigned char *"), vtype, 0,
             cpu_c._ptr(rope.cos, "float *"), cpu_c._ptr(rope.sin, "float *"), n_ctx, rb, 1,
             cpu_c._ptr(ok["scores"], "float *"), cpu_c._ptr(np.zeros((4, 8), np.float32), "float *"))
     assert raw() == 0 and raw(rb=8) == 0
     # the C entry point itself refuses what the wrapper would not pass: GQA that does not divide,
-    # a rotation block that does not divide the block, RoPE tables shorter than the packed tokens
+    # a rotation block that does not divide the block, RoPE tables shorter than the packed tokens,
+    # a V type it does not read, quantized V rows of d = 8 (not whole blocks of 32)
     assert raw(H=3) == -3 and raw(rb=12) == -3 and raw(rb=32) == -3 and raw(rb=8, n_ctx=20) == -3
+    assert raw(vtype=12) == -1 and raw(vtype=2) == -2 and raw(vtype=8) == -2
+    with pytest.raises(ValueError, match="latent attend"):                 # wrong row bytes for Q4_0
+        scorer.attend(q, **{**ok, "v": np.zeros((40, 2, 18), np.uint8)}, vtype=2)
+
+
+@pytest.mark.parametrize("qtype", [8, 2])
+def test_native_quantize_rows_equals_gguf(qtype):
+    """V rows quantized to Q8_0 / Q4_0 in C: byte for byte what gguf-py's quantizer writes, including
+    all-zero blocks, ties at .5, blocks whose largest |x| is negative, and values past half's range
+    and below its normal range (the f16 block scale)."""
+    from gguf.quants import quantize
+    from svdq_edge.kernels import cpu_c
+    rng = np.random.default_rng(qtype)
+    x = (rng.standard_normal((37, 96)) * rng.choice([1e-6, 0.5, 3.0, 1e3], (37, 1))).astype(np.float32)
+    x[0] = 0.0
+    x[1, :32] = np.arange(32) * 0.5 - 8.0                                  # exact halves after scaling
+    x[2, :32] = -np.abs(x[2, :32])                                         # negative extreme
+    x[3] *= 1e5                                                            # block scale overflows f16
+    x[4] *= 1e-8                                                           # subnormal f16 scales
+    with np.errstate(over="ignore"):
+        want = quantize(x, qtype)
+    assert np.array_equal(cpu_c.quantize_rows(x, qtype), want)
+    with pytest.raises(ValueError, match="blocks of 32"):
+        cpu_c.quantize_rows(x[:, :40], qtype)
+    with pytest.raises(ValueError, match="quantize_rows: unsupported"):
+        cpu_c.quantize_rows(np.zeros((2, 256), np.float32), 12)           # Q4_K: not a V row type
 
 
 @pytest.mark.parametrize("n,heads,d", [(1, 14, 64), (3, 4, 256), (5, 3, 10), (2, 1, 2)])

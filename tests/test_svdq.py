@@ -200,11 +200,13 @@ def test_topk_all_tokens_equals_no_sparsity():
     assert not np.allclose(a[-1], c[-1], atol=1e-5)         # a real cut changes the output
 
 
-@pytest.mark.parametrize("topk,frame", [(None, "post"), (20, "post"), (0.25, "post"), (None, "relative"),
-                                        (20, "relative")])
-def test_one_call_decode_matches_the_composed_path(topk, frame):
+@pytest.mark.parametrize("topk,frame,ctv", [(None, "post", "f16"), (20, "post", "f16"), (0.25, "post", "f16"),
+                                            (None, "relative", "f16"), (20, "relative", "f16"),
+                                            (20, "relative", "q4_0"), (None, "post", "q8_0")])
+def test_one_call_decode_matches_the_composed_path(topk, frame, ctv):
     """Decode steps of a per-layer SVDq cache through the native one-call attention (window, sinks,
-    flushes in between, top-k) give what the step-by-step path (scores, top-k, softmax.V) gives."""
+    flushes in between, top-k, V as f16 or Q8_0 / Q4_0 rows) give what the step-by-step path
+    (scores, top-k, softmax.V over dequantized V) gives."""
     from svdq_edge import kernels
     if kernels.backend_name() != "c":
         pytest.skip("the one-call decode attention is a C kernel")
@@ -216,7 +218,7 @@ def test_one_call_decode_matches_the_composed_path(topk, frame):
     cfg = SVDqConfig(bits=(8, 4, 2, 1, 1, 0, 0, 0), window=32, block=64, sinks=4, topk=topk, rope=frame,
                      rot_block=32)
     basis = compute_basis(frame_keys(keys, rope, cfg).reshape(T, 1, -1), cfg)
-    cache = SVDqCache(CacheSpec(0, H, KV, d, 1024, None, rope), basis, cfg)
+    cache = SVDqCache(CacheSpec(0, H, KV, d, 1024, None, rope), basis, cfg, ctv)
     cache.append(keys[:300], vals[:300])
     fused = ties = 0
     for t in range(300, T):
@@ -240,6 +242,8 @@ def test_one_call_decode_matches_the_composed_path(topk, frame):
                 continue
         assert np.abs(got - want).max() < 1e-5 * np.abs(vals).max(), t
     assert fused == T - 300 and cache.nblk > 5 and ties < (T - 300) // 4
+    v_bits = {"f16": 16, "q8_0": 8.5, "q4_0": 4.5}[ctv]
+    assert cache.nbytes() == cache.k_nbytes() + T * KV * d * v_bits / 8
 
 
 @pytest.mark.parametrize("frame", ["post", "relative"])

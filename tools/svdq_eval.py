@@ -165,7 +165,7 @@ def cmd_quality(a):
                          basis_source=kw.get("source", "calibrated"), prompt_tokens=int(kw.get("ptok", 1024)),
                          block=int(kw.get("block", SVDqConfig.block)), sinks=int(kw.get("sinks", 4)),
                          alloc=kw.get("alloc", "layer"), spread=int(kw.get("spread", SVDqConfig.spread)))
-        configs.append((spec, CacheOptions(ctk="svdq", svdq=cfg)))
+        configs.append((spec, CacheOptions(ctk="svdq", ctv=kw.get("ctv", "f16"), svdq=cfg)))
     configs += [(q, CacheOptions(ctk=q)) for q in a.baselines.split(",") if q]
     base_lp = {}
     rows = []

@@ -137,6 +137,22 @@ def get_rows(w: QWeight, ids: np.ndarray, out: np.ndarray | None = None) -> np.n
     return out
 
 
+def quantize_rows(x: np.ndarray, qtype: int) -> np.ndarray:
+    """x float32 (n, k) -> uint8 (n, row bytes): GGML Q8_0 / Q4_0 blocks of 32 (quantized V rows);
+    the native kernel where the backend has it, else gguf-py's quantizer (its oracle)."""
+    fn = getattr(backend(), "quantize_rows", None)
+    if fn is None:
+        from gguf.quants import quantize
+        return quantize(np.ascontiguousarray(x, np.float32), qtype)
+    return fn(x, qtype)
+
+
+def dequantize_rows(data: np.ndarray, qtype: int, cols: int) -> np.ndarray:
+    """uint8 (n, row bytes) GGML blocks -> float32 (n, cols)."""
+    w = QWeight("rows", qtype, data.shape[0], cols, np.ascontiguousarray(data))
+    return get_rows(w, np.arange(data.shape[0]))
+
+
 def block_elems(qtype: int) -> int:
     return LAYOUTS[qtype][0]
 
@@ -252,21 +268,21 @@ def _attention_blas(q, k, v, scale, q_pos0, k_pos0, window):
 
 
 def _softmax_av_blas(s, v, n, H):
-    """s: float32 (KV, n*g, T) scores (-inf masked), v: f16 (T, KV, d) -> (n, H, d)."""
+    """s: float32 (KV, n*g, T) scores (-inf masked), v: f16 or f32 (T, KV, d) -> (n, H, d)."""
     KV, d = v.shape[1], v.shape[2]
     s -= s.max(axis=2, keepdims=True)
     np.exp(s, out=s)
     den = s.sum(axis=2, keepdims=True)                                         # (KV, n*g, 1)
-    o = np.matmul(s, v.astype(np.float32).transpose(1, 0, 2)) / den            # (KV, n*g, d)
+    o = np.matmul(s, v.astype(np.float32, copy=False).transpose(1, 0, 2)) / den   # (KV, n*g, d)
     return np.ascontiguousarray(o.reshape(KV, n, H // KV, d).transpose(1, 0, 2, 3)).reshape(n, H, d)
 
 
 def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
     """scores float32 (n, H, T) with -inf where masked (may be overwritten), v float16 (T, KV, d)
-    -> (n, H, d)."""
+    (or float32: dequantized V rows, through the BLAS path) -> (n, H, d)."""
     n, H, T = scores.shape
     mod = backend()
-    if n < BATCH_QUERIES and hasattr(mod, "softmax_av_f16"):
+    if n < BATCH_QUERIES and v.dtype == np.float16 and hasattr(mod, "softmax_av_f16"):
         return mod.softmax_av_f16(np.ascontiguousarray(scores, np.float32), v)
     # prefill batches, and every call on a backend without the kernel (numpy)
     KV = v.shape[1]

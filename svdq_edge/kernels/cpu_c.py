@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import svdq_ref
+from ..quants import row_bytes
 
 NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
 PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "neon_dot": 4}
@@ -176,19 +177,22 @@ class PackedScorer:
         return hit[1]
 
     def attend(self, q: np.ndarray, vmu: np.ndarray, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
-               topk: int, scores: np.ndarray, rot=None) -> np.ndarray:
+               topk: int, scores: np.ndarray, rot=None, vtype: int = 1) -> np.ndarray:
         """One decode query per head over the packed blocks plus f16 sinks and window, in one call.
         q: float32 (H, d) scaled; vmu: float32 (KV, d, r+1) basis rows | mean per KV head;
         kf: float16 (>= sinks+nwin, KV, d) sink rows then window rows; v: float16 (>= T, KV, d) by
-        position; topk: packed tokens kept per KV head group (0 = all); scores: float32 scratch (>= H*T,);
+        position, or with vtype 8 / 2 uint8 (>= T, KV, row bytes) GGML Q8_0 / Q4_0 rows; topk: packed
+        tokens kept per KV head group (0 = all); scores: float32 scratch (>= H*T,);
         rot: None (absolute frame) or (rb, cos, sin, neox) for the relative frame, cos/sin float32
         (n_ctx, d/2) RoPE tables (svdq_ref.decode_attend). Returns (H, d)."""
         H, d = q.shape
         KV = vmu.shape[0]
         T = sinks + self.nblk * self.B + nwin
+        vrow = (KV, d) if vtype == 1 else (KV, row_bytes(vtype, d) if d % 32 == 0 else -1)
         if (vmu.shape != (KV, d, self.r + 1) or vmu.dtype != np.float32 or kf.shape[1:] != (KV, d)
-                or v.shape[1:] != (KV, d) or kf.shape[0] < sinks + nwin or v.shape[0] < T
-                or kf.dtype != np.float16 or v.dtype != np.float16 or scores.dtype != np.float32
+                or v.shape[1:] != vrow or kf.shape[0] < sinks + nwin or v.shape[0] < T or not v.flags.c_contiguous
+                or kf.dtype != np.float16 or v.dtype != (np.float16 if vtype == 1 else np.uint8)
+                or scores.dtype != np.float32
                 or scores.ndim != 1 or scores.size < H * T or H % KV):
             raise ValueError("latent attend: buffer shapes do not match")
         q = np.ascontiguousarray(q, np.float32)
@@ -203,7 +207,8 @@ class PackedScorer:
             ct, st, n_ctx = self._p("cos", cos, "float *"), self._p("sin", sin, "float *"), cos.shape[0]
         _ok(lib.svdq_latent_attend(_ptr(q, "float *"), H, KV, d, self._p("vmu", vmu, "float *"), *self._args,
                                    self.B, self._p("kf", kf, "unsigned short *"), sinks, nwin,
-                                   self._p("v", v, "unsigned short *"), topk, ct, st, n_ctx, rb, int(bool(neox)),
+                                   self._p("v", v, "unsigned char *"), int(vtype), topk, ct, st, n_ctx, rb,
+                                   int(bool(neox)),
                                    self._p("scores", scores, "float *"), _ptr(out, "float *")), "latent attend")
         return out
 
@@ -224,6 +229,17 @@ class PackedScorer:
 def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths, qt: np.ndarray, B: int) -> np.ndarray:
     """SVDq packed latent-K scores (contract of svdq_ref.score)."""
     return PackedScorer(codes, scale, mn, B)(qt)
+
+
+def quantize_rows(x: np.ndarray, qtype: int) -> np.ndarray:
+    """x float32 (n, k) -> uint8 (n, row bytes): GGML Q8_0 / Q4_0 blocks, gguf.quants.quantize's values."""
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2 or x.shape[1] % 32:
+        raise ValueError(f"quantize_rows: rows of {x.shape} are not whole blocks of 32")
+    out = np.empty((x.shape[0], row_bytes(qtype, x.shape[1])), np.uint8)
+    _ok(lib.svdq_quantize_rows(_ptr(x, "float *"), x.shape[0], x.shape[1], int(qtype), _ptr(out, "unsigned char *")),
+        "quantize_rows")
+    return out
 
 
 def set_threads(n: int) -> None:

@@ -43,7 +43,7 @@ def build_caches(model, specs: list[CacheSpec], opts: CacheOptions) -> list:
     bases = (model_bases(model, opts.svdq) if opts.svdq.basis_source == "calibrated"
              else [None] * len(specs))
     # sliding-window layers (gemma3 local) hold at most `window` tokens: they stay dense f16
-    return [SVDqCache(s, bases[s.layer], opts.svdq) if s.window is None else _dense(s, "f16", opts.ctv)
+    return [SVDqCache(s, bases[s.layer], opts.svdq, opts.ctv) if s.window is None else _dense(s, "f16", opts.ctv)
             for s in specs]
 
 
@@ -187,6 +187,4 @@ def options_from_args(args) -> CacheOptions:
         cfg.validate()
     except ValueError as e:
         raise SvdqError(str(e)) from None
-    if ctk == "svdq" and ctv != "f16":
-        raise SvdqError(f"-ctv {ctv} with -ctk svdq: the SVDq cache stores V in f16 only for now")
     return CacheOptions(ctk=ctk, ctv=ctv, svdq=cfg)

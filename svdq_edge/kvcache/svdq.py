@@ -16,16 +16,23 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import svdq_ref
+from ..quants import row_bytes
 from .base import CacheSpec
 from .basis import LayerBasis, compute_basis, query_moment, schedule_widths
 from ..rope import block_centers
 from .svdq_config import SVDqConfig
 
+V_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}     # -ctv -> GGML type of the V rows
+
 
 class SVDqCache:
-    def __init__(self, spec: CacheSpec, basis: LayerBasis, cfg: SVDqConfig):
+    def __init__(self, spec: CacheSpec, basis: LayerBasis, cfg: SVDqConfig, ctv: str = "f16"):
         cfg.validate()
         self.spec, self.basis, self.cfg = spec, basis, cfg
+        # V rows: f16, or GGML Q8_0 / Q4_0 blocks of 32 (-ctv), read by the decode kernel as they are
+        self.vtype = V_TYPES.get(ctv)
+        if self.vtype is None or (self.vtype != 1 and spec.head_dim % 32):
+            raise ValueError(f"-ctv {ctv}: the SVDq cache stores V as f16, q8_0 or q4_0 (the last two: head_dim a multiple of 32)")
         self.offset = 0
         H, KV, d = spec.n_head, spec.n_kv, spec.head_dim
         self.G = KV if cfg.per_head else 1
@@ -37,7 +44,8 @@ class SVDqCache:
         self._cap_blk = 0
         self._cap_tok = 0
         self.kfull = np.empty((0, KV, d), np.float16)             # (cap_tok, KV, d) sinks + window keys, by position
-        self.v = np.empty((0, KV, d), np.float16)                 # (cap_tok, KV, d)
+        self.v = (np.empty((0, KV, d), np.float16) if self.vtype == 1                         # (cap_tok, KV, d)
+                  else np.empty((0, KV, row_bytes(self.vtype, d)), np.uint8))            # (cap_tok, KV, row bytes)
         # prompt basis: nothing is packed until `prompt_tokens` keys are held; then the basis is
         # fitted to them (ranked by the queries seen so far) and the backlog is flushed
         self.pending = basis is None
@@ -131,7 +139,11 @@ class SVDqCache:
         self._flush()
         self._reserve(self.offset + n)
         ks = self._keys_in(k, self.offset)
-        self.v[self.offset:self.offset + n] = v
+        if self.vtype == 1:
+            self.v[self.offset:self.offset + n] = v
+        else:
+            self.v[self.offset:self.offset + n] = kernels.quantize_rows(
+                v.reshape(-1, v.shape[-1]), self.vtype).reshape(n, v.shape[1], -1)
         S = self.cfg.sinks
         # positions < S go to the sink rows, the rest to window rows S + (p - win_start)
         ns = max(0, min(n, S - self.offset))
@@ -297,21 +309,32 @@ class SVDqCache:
                 rope = self.spec.rope
                 rot = (self.rb, rope.cos, rope.sin, rope.neox) if self.rb else None
                 return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores,
-                            rot)[None]
+                            rot, self.vtype)[None]
         # a prefill chunk: queries in passes whose (rows, H, T) scores fit kernels.SCORE_BYTES, the packed
         # keys rebuilt once for all passes where that path scores them
         rows = max(1, kernels.SCORE_BYTES // (4 * H * (S + t_pack + n_win)))
         kp = self._rebuilt_keys() if t_pack and self._rebuilds(n) else None
+        v = self._v_rows()                                                             # (T, KV, d)
         if n <= rows:
-            return self._attend_rows(q, q0, kp)
+            return self._attend_rows(q, q0, kp, v)
         out = np.empty((n, H, d), np.float32)                                          # (n, H, d)
         for i in range(0, n, rows):
-            out[i:i + rows] = self._attend_rows(q[i:i + rows], q0 + i, kp)
+            out[i:i + rows] = self._attend_rows(q[i:i + rows], q0 + i, kp, v)
         return out
 
-    def _attend_rows(self, q: np.ndarray, q0: int, kp: np.ndarray | None) -> np.ndarray:
-        """Scaled queries q (n, H, d) at positions q0.. over every held token -> (n, H, d); kp: the
-        packed keys rebuilt by _rebuilt_keys, or None to score them in the latent space."""
+    def _v_rows(self) -> np.ndarray:
+        """V of the held tokens (T, KV, d): the f16 rows (a view), or quantized rows dequantized to
+        float32 once per call."""
+        if self.vtype == 1:
+            return self.v[:self.offset]
+        KV, d = self.spec.n_kv, self.spec.head_dim
+        flat = self.v[:self.offset].reshape(self.offset * KV, -1)
+        return kernels.dequantize_rows(flat, self.vtype, d).reshape(self.offset, KV, d)
+
+    def _attend_rows(self, q: np.ndarray, q0: int, kp: np.ndarray | None, v: np.ndarray) -> np.ndarray:
+        """Scaled queries q (n, H, d) at positions q0.. over every held token, v (T, KV, d) ->
+        (n, H, d); kp: the packed keys rebuilt by _rebuilt_keys, or None to score them in the
+        latent space."""
         n, H, d = q.shape
         KV = self.spec.n_kv
         grp = H // KV
@@ -345,7 +368,7 @@ class SVDqCache:
                     cols[np.broadcast_to(mask[:, None, :], cols.shape)] = -np.inf
         svdq_ref.topk_group_mask(scores, S, t_pack, grp, self._topk(t_pack))
         # softmax and V accumulation; V rows are read only for tokens with nonzero weight
-        return kernels.softmax_av_f16(scores, self.v[:self.offset])
+        return kernels.softmax_av_f16(scores, v)
 
     def _topk(self, t_pack: int) -> int:
         """Packed tokens kept per KV head group by --svdq-topk (a count or a fraction); 0 = all."""
@@ -366,9 +389,9 @@ class SVDqCache:
 
     def nbytes(self, at: int | None = None) -> int:
         """Bytes held for the current tokens (or `at` tokens): codes, scales, minima, basis, mean,
-        f16 keys, f16 V."""
+        f16 keys, V rows (f16 or blocks)."""
         T = self.offset if at is None else at
-        return self.k_nbytes(at) + T * self.spec.n_kv * self.spec.head_dim * 2
+        return self.k_nbytes(at) + T * self.spec.n_kv * self.v.shape[2] * self.v.itemsize
 
     def k_nbytes(self, at: int | None = None) -> int:
         """K bytes for the tokens held now, or (at=T) for T tokens under the same flush rule."""
