@@ -215,19 +215,32 @@ def svdq_scorer(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarr
     return run
 
 
+def score_pass_rows(H: int, T: int) -> int:
+    """Queries per prefill pass: their (rows, H, T) float32 scores fit SCORE_BYTES."""
+    return max(1, SCORE_BYTES // (4 * H * T))
+
+
+def in_score_passes(q: np.ndarray, T: int, run) -> np.ndarray:
+    """q (n, H, d) over T keys -> (n, H, d): run(q[i:j], i) on passes of score_pass_rows queries
+    (one call when they all fit), so a long-context prefill chunk never holds (n, H, T) scores."""
+    n, H, d = q.shape
+    rows = score_pass_rows(H, T)
+    if n <= rows:
+        return run(q, 0)
+    out = np.empty((n, H, d), np.float32)                                      # (n, H, d)
+    for i in range(0, n, rows):
+        out[i:i + rows] = run(q[i:i + rows], i)
+    return out
+
+
 def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_pos0: int, k_pos0: int,
                   window: int | None) -> np.ndarray:
     """Causal (optionally sliding-window) GQA attention over f16 keys/values.
     q: float32 (n, H, d); k, v: float16 (T, KV, d) at positions k_pos0.. -> float32 (n, H, d)."""
     mod = backend()
-    n, H, d = q.shape
-    T = k.shape[0]
-    rows = max(1, SCORE_BYTES // (4 * H * T))                                  # queries per pass
-    if n > rows:
-        out = np.empty((n, H, d), np.float32)                                  # (n, H, d)
-        for i in range(0, n, rows):
-            out[i:i + rows] = attention_f16(q[i:i + rows], k, v, scale, q_pos0 + i, k_pos0, window)
-        return out
+    n, T = q.shape[0], k.shape[0]
+    if n > score_pass_rows(q.shape[1], T):
+        return in_score_passes(q, T, lambda qi, i: attention_f16(qi, k, v, scale, q_pos0 + i, k_pos0, window))
     if n >= BATCH_QUERIES:
         return _attention_blas(q, k, v, scale, q_pos0, k_pos0, window)
     if not hasattr(mod, "qk_f16"):

@@ -310,17 +310,11 @@ class SVDqCache:
                 rot = (self.rb, rope.cos, rope.sin, rope.neox) if self.rb else None
                 return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores,
                             rot, self.vtype)[None]
-        # a prefill chunk: queries in passes whose (rows, H, T) scores fit kernels.SCORE_BYTES, the packed
-        # keys rebuilt once for all passes where that path scores them
-        rows = max(1, kernels.SCORE_BYTES // (4 * H * (S + t_pack + n_win)))
+        # a prefill chunk: queries in passes of bounded score memory, the packed keys rebuilt once
+        # for all passes where that path scores them
         kp = self._rebuilt_keys() if t_pack and self._rebuilds(n) else None
         v = self._v_rows()                                                             # (T, KV, d)
-        if n <= rows:
-            return self._attend_rows(q, q0, kp, v)
-        out = np.empty((n, H, d), np.float32)                                          # (n, H, d)
-        for i in range(0, n, rows):
-            out[i:i + rows] = self._attend_rows(q[i:i + rows], q0 + i, kp, v)
-        return out
+        return kernels.in_score_passes(q, S + t_pack + n_win, lambda qi, i: self._attend_rows(qi, q0 + i, kp, v))
 
     def _v_rows(self) -> np.ndarray:
         """V of the held tokens (T, KV, d): the f16 rows (a view), or quantized rows dequantized to
