@@ -4,6 +4,7 @@
  * armv8-a, and NEON with the dotprod extension (armv8.2-a, e.g. Cortex-A76; not Cortex-A72/A53).
  * The path is chosen at run time from the CPU's features and can be forced (svdq_set_path) for tests.
  * Threads: OpenMP across weight rows; every entry point checks sizes before touching memory. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -61,25 +62,11 @@ static int64_t type_row_bytes(int T, int64_t k) {
     }
 }
 
-static inline int bin_of(float x) {
-    const float b = -x * 8.0f;
-    return !(b < 255.0f) ? 255 : (b > 0.0f ? (int)b : 0);   /* -inf and NaN: the last bin */
-}
-
-/* k-th largest (1 <= k <= n) of x (n,), x <= 0 (scores relative to a max; -inf allowed): a histogram
- * of 256 bins of 1/8 finds the bin holding it, then quickselect among that bin's values only,
- * gathered into w (n,). */
-static float kth_largest_binned(const float *x, int64_t n, int64_t k, float *w) {
-    int64_t cnt[256] = {0};
-    for (int64_t t = 0; t < n; t++) cnt[bin_of(x[t])]++;
-    int bin = 0;
-    int64_t above = 0;
-    while (bin < 255 && above + cnt[bin] < k) above += cnt[bin++];
-    int64_t m = 0;
-    for (int64_t t = 0; t < n; t++) if (bin_of(x[t]) == bin) w[m++] = x[t];
-    int64_t lo = 0, hi = m - 1, want = m - (k - above);       /* index in ascending order */
+/* the k-th largest (1 <= k <= m) of w (m,), reordering w: quickselect, median-of-three pivots */
+static float select_kth(float *w, int64_t m, int64_t k) {
+    int64_t lo = 0, hi = m - 1, want = m - k;               /* index in ascending order */
     while (lo < hi) {
-        const int64_t mid = lo + (hi - lo) / 2;             /* median of three as the pivot */
+        const int64_t mid = lo + (hi - lo) / 2;
         float a = w[lo], b = w[mid], c = w[hi];
         const float p = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
         int64_t i = lo, j = hi;

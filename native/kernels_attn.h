@@ -300,9 +300,11 @@ static void FN(act_mul)(const float *g, const float *u, int64_t m, int act, floa
 }
 
 /* acc (G, d) += sum over the n listed tokens of p_h[t] v_t: d in register tiles of 8, the G
- * accumulators of a tile in registers, each V row converted once for all G heads */
+ * accumulators of a tile in registers, each V row converted once for all G heads. V rows: f16
+ * (v, vstride elements apart, by token) or, F32R, float32 rows already gathered (vf (n, d)). */
 static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, int64_t T, const int G,
-        const uint16_t *v, int64_t vstride, const int32_t *idx, int64_t n, int64_t d, float *acc) {
+        const uint16_t *v, int64_t vstride, const float *vf, const int F32R, const int32_t *idx, int64_t n,
+        int64_t d, float *acc) {
     float wt[128 * 8];                                      /* (128, G) the tile's weights, token-major */
     for (int64_t u0 = 0; u0 < n; u0 += 128) {               /* 128 tokens: V rows stay in L1/L2 across tiles */
         const int64_t u1 = u0 + 128 < n ? u0 + 128 : n;
@@ -314,12 +316,51 @@ static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, in
             __m256 a[8];
             for (int h = 0; h < G; h++) a[h] = _mm256_loadu_ps(acc + h * d + dc);
             for (int64_t u = u0; u < u1; u++) {
-                const int64_t t = idx[u];
-                const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + t * vstride + dc)));
+                const __m256 x = F32R ? _mm256_loadu_ps(vf + u * d + dc)
+                                      : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + idx[u] * vstride + dc)));
                 const float *w = wt + (u - u0) * G;
                 for (int h = 0; h < G; h++) a[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + h), x, a[h]);
             }
             for (int h = 0; h < G; h++) _mm256_storeu_ps(acc + h * d + dc, a[h]);
+        }
+    }
+}
+
+#define AV_TILE_G(IDX_, N_, VF_, F32R_)                                                                     \
+    switch (g) {   /* a constant G keeps the accumulators in registers */                          \
+    case 1: FN(av_tile)(s, T, 1, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    case 2: FN(av_tile)(s, T, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    case 3: FN(av_tile)(s, T, 3, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    case 4: FN(av_tile)(s, T, 4, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    case 5: FN(av_tile)(s, T, 5, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    case 6: FN(av_tile)(s, T, 6, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    case 7: FN(av_tile)(s, T, 7, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
+    default: FN(av_tile)(s, T, 8, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                        \
+    }
+
+/* one V row of d (a multiple of 32) values from GGML Q8_0 / Q4_0 blocks to floats: d * q, as the
+ * scalar dequant_rows computes it */
+static inline void FN(dequant_v_row)(const uint8_t *row, int vtype, int64_t d, float *o) {
+    for (int64_t b = 0; b < d / 32; b++, o += 32) {
+        const __m256 sc = _mm256_set1_ps(_cvtsh_ss(rd16(row)));
+        if (vtype == Q8_0) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(row + 2));
+            const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+            _mm256_storeu_ps(o, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0))));
+            _mm256_storeu_ps(o + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8)))));
+            _mm256_storeu_ps(o + 16, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1))));
+            _mm256_storeu_ps(o + 24, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8)))));
+            row += 34;
+        } else {    /* Q4_0: low nibbles are elements 0..15, high nibbles 16..31, each minus 8 */
+            const __m128i q = _mm_loadu_si128((const __m128i *)(row + 2)), m4 = _mm_set1_epi8(15);
+            const __m128i e8 = _mm_set1_epi8(8);
+            const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, m4), e8);
+            const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), e8);
+            _mm256_storeu_ps(o, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+            _mm256_storeu_ps(o + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+            _mm256_storeu_ps(o + 16, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+            _mm256_storeu_ps(o + 24, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+            row += 18;
         }
     }
 }
@@ -364,6 +405,22 @@ static inline float FN(exp_sub)(float *x, int64_t n, float mx) {
 static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, int64_t vstride, int vtype,
                        int64_t vrb, const int32_t *idx, int64_t n, int64_t d, float *acc) {
     for (int64_t i = 0; i < g * d; i++) acc[i] = 0.0f;
+    const uint16_t *vh = (const uint16_t *)vk;
+    const int64_t vs = vstride / 2;                         /* in f16 elements */
+#ifdef SIMD_X86
+    if (d % 8 == 0 && g <= 8) {
+        if (vtype == F16) { AV_TILE_G(idx, n, NULL, 0) return; }
+        /* quantized rows: a tile of up to 8192 values dequantized at a time, then as f16 rows */
+        float vf[8192];
+        const int64_t tile = 8192 / d;
+        for (int64_t u0 = 0; u0 < n; u0 += tile) {
+            const int64_t nt = n - u0 < tile ? n - u0 : tile;
+            for (int64_t u = 0; u < nt; u++) FN(dequant_v_row)(vk + idx[u0 + u] * vstride, vtype, d, vf + u * d);
+            AV_TILE_G(idx + u0, nt, vf, 1)
+        }
+        return;
+    }
+#endif
     if (vtype != F16) {
         float row[1024];                                    /* (d,) one dequantized V row */
         for (int64_t u = 0; u < n; u++) {
@@ -378,22 +435,6 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
         }
         return;
     }
-    const uint16_t *vh = (const uint16_t *)vk;
-    const int64_t vs = vstride / 2;                         /* in f16 elements */
-#ifdef SIMD_X86
-    if (d % 8 == 0 && g <= 8) {
-        switch (g) {
-        case 1: FN(av_tile)(s, T, 1, vh, vs, idx, n, d, acc); return;
-        case 2: FN(av_tile)(s, T, 2, vh, vs, idx, n, d, acc); return;
-        case 3: FN(av_tile)(s, T, 3, vh, vs, idx, n, d, acc); return;
-        case 4: FN(av_tile)(s, T, 4, vh, vs, idx, n, d, acc); return;
-        case 5: FN(av_tile)(s, T, 5, vh, vs, idx, n, d, acc); return;
-        case 6: FN(av_tile)(s, T, 6, vh, vs, idx, n, d, acc); return;
-        case 7: FN(av_tile)(s, T, 7, vh, vs, idx, n, d, acc); return;
-        default: FN(av_tile)(s, T, 8, vh, vs, idx, n, d, acc); return;
-        }
-    }
-#endif
     for (int64_t u = 0; u < n; u++) {
         const int64_t t = idx[u];
         for (int64_t h = 0; h < g; h++) {
@@ -402,6 +443,10 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
         }
     }
 }
+
+#ifdef SIMD_X86
+#undef AV_TILE_G
+#endif
 
 /* Tokens [t0, t1) of the g query heads s (g rows, stride T) that share KV head kv: per head the
  * chunk max m_h and sum l_h of p = exp(s - m_h) (written over s), and acc (g, d) = sum_t p v_t.
@@ -444,6 +489,57 @@ static void FN(sav_chunk)(float *s, int64_t g, int64_t T, int64_t t0, int64_t t1
     FN(av_idx)(s, T, g, v + kv * vrb, KV * vrb, vtype, vrb, idx, n, d, acc);
 }
 
+/* bins (m,) of x over [hi - 1024/sc, hi]: bin 0 holds the largest; anything below (or -inf, NaN)
+ * the last bin. cnt (1024) counts them. */
+static void FN(bin_count)(const float *x, int64_t m, float hi, float sc, int32_t *bins, int32_t *cnt) {
+    int64_t t = 0;
+#ifdef SIMD_X86
+    const __m256 vh = _mm256_set1_ps(hi), vs = _mm256_set1_ps(sc), top = _mm256_set1_ps(1023.0f);
+    for (; t + 8 <= m; t += 8) {    /* min(NaN, top) is top: the index is always in range */
+        const __m256 b = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(vh, _mm256_loadu_ps(x + t)), vs), top);
+        _mm256_storeu_si256((__m256i *)(bins + t), _mm256_cvttps_epi32(_mm256_max_ps(b, _mm256_setzero_ps())));
+    }
+#endif
+    for (; t < m; t++) {
+        const float b = (hi - x[t]) * sc;
+        bins[t] = b < 1023.0f ? (b > 0.0f ? (int32_t)b : 0) : 1023;
+    }
+    for (t = 0; t < m; t++) cnt[bins[t]]++;
+}
+
+/* k-th largest (1 <= k <= n) of x (n,) (-inf allowed): binned into 1024 bins between the smallest
+ * finite value and the largest, the bin holding it gathered into w (n,) and binned again over its
+ * own range until few values are left, then a quickselect. bins: scratch (n,). */
+static float FN(kth_largest)(const float *x, int64_t n, int64_t k, float *w, int32_t *bins) {
+    float lo = INFINITY, hi = -INFINITY;
+    int64_t fin = 0;
+    for (int64_t t = 0; t < n; t++)
+        if (x[t] > -INFINITY) { lo = x[t] < lo ? x[t] : lo; hi = x[t] > hi ? x[t] : hi; fin++; }
+    if (fin < k) return -INFINITY;                          /* fewer finite values than k */
+    const float *cur = x;
+    int64_t m = n;
+    while (m > 64 && hi > lo) {
+        const float sc = 1024.0f / (hi - lo);
+        if (!(sc < INFINITY)) break;                        /* a range too narrow to split */
+        int32_t cnt[1024] = {0};
+        FN(bin_count)(cur, m, hi, sc, bins, cnt);
+        int b = 0;
+        int64_t above = 0;
+        while (b < 1023 && above + cnt[b] < k) above += cnt[b++];
+        int64_t mm = 0;
+        float nlo = INFINITY, nhi = -INFINITY;
+        for (int64_t t = 0; t < m; t++)                     /* in place once cur is w: mm <= t */
+            if (bins[t] == b) {
+                const float v = cur[t];
+                w[mm++] = v;
+                if (v > -INFINITY) { nlo = v < nlo ? v : nlo; nhi = v > nhi ? v : nhi; }
+            }
+        cur = w; m = mm; k -= above; lo = nlo; hi = nhi;
+    }
+    if (cur != w) { memcpy(w, cur, (size_t)m * sizeof(float)); }
+    return select_kth(w, m, k);
+}
+
 /* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
  * the head's max over all T tokens; the n packed tokens from p0 ranked by u_t = max_h (s_h,t - m_h);
  * the k best (all tied at the cut) with every unmasked sink [0, p0) and window token [p0 + n, T)
@@ -465,12 +561,26 @@ static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, 
 #endif
         for (; t < n; t++) { const float x = row[t] - m[h]; u[t] = x > u[t] ? x : u[t]; }
     }
-    const float cut = kth_largest_binned(u, n, k, w);
+    const float cut = FN(kth_largest)(u, n, k, w, idx);
     int64_t ns = 0;
-    for (int64_t t = 0; t < T; t++) {
-        int keep;
-        if (t >= p0 && t < p0 + n) keep = u[t - p0] >= cut && u[t - p0] > -INFINITY;
-        else { keep = 0; for (int64_t h = 0; h < g; h++) keep |= s[h * T + t] > -INFINITY; }
+    for (int64_t t = 0; t < p0; t++) {                      /* sinks: unless masked in every head */
+        int keep = 0;
+        for (int64_t h = 0; h < g; h++) keep |= s[h * T + t] > -INFINITY;
+        if (keep) idx[ns++] = (int32_t)t;
+    }
+    int64_t t = 0;
+#ifdef SIMD_X86
+    const __m256 vc = _mm256_set1_ps(cut > -INFINITY ? cut : -FLT_MAX);   /* -inf never kept */
+    for (; t + 8 <= n; t += 8) {
+        int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(u + t), vc, _CMP_GE_OQ));
+        while (bits) { idx[ns++] = (int32_t)(p0 + t + __builtin_ctz(bits)); bits &= bits - 1; }
+    }
+#endif
+    for (; t < n; t++)
+        if (u[t] >= cut && u[t] > -INFINITY) idx[ns++] = (int32_t)(p0 + t);
+    for (t = p0 + n; t < T; t++) {                          /* window */
+        int keep = 0;
+        for (int64_t h = 0; h < g; h++) keep |= s[h * T + t] > -INFINITY;
         if (keep) idx[ns++] = (int32_t)t;
     }
     for (int64_t h = 0; h < g; h++) {                       /* weights of the kept tokens only */

@@ -254,6 +254,40 @@ def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, top
         assert np.abs(got - want).max() < 1e-4 * np.abs(v).astype(np.float32).max(), (p, np.abs(got - want).max())
 
 
+@pytest.mark.parametrize("qscale,vt", [(0.5, 1), (300.0, 2), (1e-6, 8)])
+def test_native_latent_attend_topk_ties_and_ranges(qscale, vt):
+    """Group top-k where the cut falls inside runs of equal scores (every packed block a copy of
+    one block: each score appears nblk times) and over very wide or very narrow score ranges (the
+    select bins by the values' own range): every path keeps what svdq_ref.decode_attend keeps."""
+    from svdq_edge.kernels import cpu_c, svdq_ref
+    rng = np.random.default_rng(7)
+    widths = np.array([8, 4, 4, 2, 2, 1, 1, 1])
+    H, KV, d, B, nblk, S, nwin = 8, 2, 64, 64, 24, 4, 20
+    codes, scale, mn = packed_blocks(rng, widths, 1, B)
+    codes = [np.repeat(c, nblk, axis=0) for c in codes]
+    scale, mn = np.repeat(scale, nblk, axis=0), np.repeat(mn, nblk, axis=0)
+    T = S + nblk * B + nwin
+    q = (rng.standard_normal((H, d)) * qscale).astype(np.float32)
+    vmu = rng.standard_normal((KV, d, len(widths) + 1)).astype(np.float32)
+    kf = rng.standard_normal((S + nwin, KV, d)).astype(np.float16)
+    v = rng.standard_normal((T, KV, d)).astype(np.float16)
+    vbuf = v
+    if vt != 1:
+        from gguf.quants import dequantize, quantize
+        vbuf = quantize(v.astype(np.float32).reshape(-1, d), vt).reshape(T, KV, -1)
+        v = dequantize(vbuf.reshape(T * KV, -1), vt).reshape(T, KV, d)
+    scorer = cpu_c.PackedScorer(codes, scale, mn, B)
+    for topk in (1, 24, 48, 100, 1000):        # 24, 48: the cut at the end of a run
+        want = svdq_ref.decode_attend(q, vmu, codes, scale, mn, widths, B, kf, S, nwin, v, topk)
+        for p in cpu_c.cpu_paths():
+            cpu_c.set_path(p)
+            try:
+                got = scorer.attend(q, vmu, kf, S, nwin, vbuf, topk, np.empty(H * T, np.float32), None, vt)
+            finally:
+                cpu_c.set_path(None)
+            assert np.abs(got - want).max() < 1e-4 * np.abs(v).astype(np.float32).max(), (p, topk)
+
+
 def test_native_latent_attend_refuses_bad_sizes():
     from svdq_edge.kernels import cpu_c
     rng = np.random.default_rng(3)

@@ -1,8 +1,9 @@
 """The C one-call SVDq decode attention alone (svdq_latent_attend, 2 threads) on a Qwen-shaped
 layer (H 14, KV 2, d 64, r = 60 latent channels of mixed widths, 128-token blocks, random codes),
-in the absolute post-RoPE frame and the relative frame with 128/64/32-token rotation blocks:
-best ms per call of 5 x 20.
-    python tools/latent_attend_bench.py [DEPTH]        (default 16384)
+in the absolute post-RoPE frame and the relative frame with 128/64/32-token rotation blocks, then
+the relative-128 frame with group top-k (--svdq-topk) and Q8_0 / Q4_0 V rows, and the packed
+scores alone (one projection per rotation block given): best ms per call of 5 x 20.
+    python tools/latent_attend_bench.py [DEPTH] [TOPK]        (default 16384 1024)
 """
 import sys
 import time
@@ -21,6 +22,7 @@ cpu_c.set_threads(2)
 rng = np.random.default_rng(0)
 H, KV, d, B = 14, 2, 64, 128
 T = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
+K = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
 nblk = T // B
 widths = np.array([8] * 4 + [4] * 12 + [2] * 20 + [1] * 24)
 r = len(widths)
@@ -34,12 +36,26 @@ v = rng.standard_normal((Tt, KV, d)).astype(np.float16)
 rope = RoPE(d, 1e6, Tt, True)
 sc = cpu_c.PackedScorer(codes, scale, mn, B)
 buf = np.empty(H * Tt, np.float32)
-for name, rot in [("absolute", None)] + [(f"relative-{rb}", (rb, rope.cos, rope.sin, True)) for rb in (128, 64, 32)]:
-    sc.attend(q, vmu, kf, S, nwin, v, 0, buf, rot)
+
+
+def best(f):
+    f()
     ts = []
     for _ in range(5):
         t = time.perf_counter()
         for _ in range(20):
-            sc.attend(q, vmu, kf, S, nwin, v, 0, buf, rot)
+            f()
         ts.append((time.perf_counter() - t) / 20)
-    print(f"{name:12s} depth {T}: {min(ts) * 1e3:.3f} ms")
+    return min(ts) * 1e3
+
+
+for name, rot in [("absolute", None)] + [(f"relative-{rb}", (rb, rope.cos, rope.sin, True)) for rb in (128, 64, 32)]:
+    print(f"{name:24s} depth {T}: {best(lambda: sc.attend(q, vmu, kf, S, nwin, v, 0, buf, rot)):.3f} ms")
+rot = (B, rope.cos, rope.sin, True)
+for vtype in (1, 8, 2):
+    vq = v if vtype == 1 else cpu_c.quantize_rows(v.reshape(-1, d).astype(np.float32), vtype).reshape(Tt, KV, -1)
+    for k in (0, K):
+        name = f"relative-{B} topk {k} V{ {1: 'f16', 8: 'q8_0', 2: 'q4_0'}[vtype]}"
+        print(f"{name:24s} depth {T}: {best(lambda: sc.attend(q, vmu, kf, S, nwin, vq, k, buf, rot, vtype)):.3f} ms")
+qt = rng.standard_normal((nblk, H, r)).astype(np.float32)
+print(f"{'packed scores only':24s} depth {T}: {best(lambda: sc(qt)):.3f} ms")

@@ -1,0 +1,67 @@
+"""Where a decode step's time goes at depth, without the long prefill: every layer's cache is
+filled straight through cache.append with synthetic keys and values (random, with a decaying
+spectrum like real keys; timing does not depend on the values), then STEPS decode steps of the
+real model run under cProfile. Prints ms per step and the top functions by own time.
+    python tools/decode_profile.py DEPTH [STEPS] [-ctk svdq] [-ctv q4_0] [--svdq-topk 1024] [--model qwen]
+Use it to find what to speed up; the figures to report come from tools/llamacpp_bench.py.
+"""
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from svdq_edge import kernels                                   # noqa: E402
+from svdq_edge.kvcache.factory import CacheOptions              # noqa: E402
+from svdq_edge.kvcache.svdq_config import SVDqConfig            # noqa: E402
+from svdq_edge.model import Model                               # noqa: E402
+
+MODELS = {"qwen": "models/cache/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+          "gemma": "models/cache/gemma-3-270m-q4_k_m.gguf"}
+
+ap = argparse.ArgumentParser()
+ap.add_argument("depth", type=int)
+ap.add_argument("steps", type=int, nargs="?", default=32)
+ap.add_argument("-ctk", default="svdq")
+ap.add_argument("-ctv", default="f16")
+ap.add_argument("--svdq-topk", type=float, default=None)
+ap.add_argument("--model", default="qwen")
+ap.add_argument("-t", type=int, default=2)
+ap.add_argument("--top", type=int, default=25)
+a = ap.parse_args()
+kernels.set_threads(a.t)
+opts = CacheOptions(ctk=a.ctk, ctv=a.ctv, svdq=SVDqConfig(topk=a.svdq_topk))
+m = Model(ROOT / MODELS.get(a.model, a.model), n_ctx=a.depth + a.steps + 64, cache_options=opts)
+m.feed([1, 2, 3, 4, 5, 6, 7, 8])                                # compile / warm up
+m.reset()
+rng = np.random.default_rng(0)
+ar = m.args
+spec = np.exp(-np.arange(ar.head_dim) / 8.0).astype(np.float32)  # (d,) decaying key spectrum
+t0 = time.perf_counter()
+for c in m.model.caches:
+    for s in range(0, a.depth, 512):
+        n = min(512, a.depth - s)
+        k = rng.standard_normal((n, ar.n_kv, ar.head_dim)).astype(np.float32) * spec * 8   # (n, KV, d)
+        v = rng.standard_normal((n, ar.n_kv, ar.head_dim)).astype(np.float32)             # (n, KV, d)
+        c.append(k, v)
+m.tokens = rng.integers(100, 1000, a.depth).tolist()
+print(f"synthetic fill of {a.depth} tokens: {time.perf_counter() - t0:.1f} s, KV {m.kv_nbytes() / 2**20:.1f} MiB")
+toks = rng.integers(100, 1000, a.steps).tolist()
+for t in toks[:4]:
+    m.step(t)
+t0 = time.perf_counter()
+for t in toks[4:]:
+    m.step(t)
+dt = (time.perf_counter() - t0) / (len(toks) - 4)
+print(f"decode at depth {a.depth}: {dt * 1e3:.2f} ms/step = {1 / dt:.1f} tok/s")
+pr = cProfile.Profile()
+pr.enable()
+for t in toks[:8]:
+    m.step(t)
+pr.disable()
+pstats.Stats(pr).sort_stats("tottime").print_stats(a.top)
