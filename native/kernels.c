@@ -566,3 +566,71 @@ int svdq_rope(const float *x, long long n, long long heads, long long d, const f
     }
     return 0;
 }
+
+/* ---- a decode token's layer, composed ---------------------------------------------------------- */
+
+static int layer_check(const svdq_layer *L) {
+    const int64_t E = L->n_embd, Q = L->n_head * L->head_dim, KVd = L->n_kv * L->head_dim, F = L->n_ff;
+    const int64_t want[7][2] = {{Q, E}, {KVd, E}, {KVd, E}, {E, Q}, {F, E}, {F, E}, {E, F}};   /* (rows, cols) */
+    if (E <= 0 || L->n_head <= 0 || L->n_kv <= 0 || L->head_dim <= 0 || L->head_dim % 2 || F <= 0 ||
+        L->n_head % L->n_kv || L->act < 0 || L->act > 1 || !L->attn_norm || !L->ffn_norm)
+        return -3;
+    for (int i = 0; i < 7; i++) {
+        if (!L->w[i] || L->rows[i] != want[i][0]) return -3;
+        const int e = check(L->types[i], L->rows[i], L->row_bytes[i], want[i][1]);
+        if (e) return e;
+    }
+    return 0;
+}
+
+/* the weights i0..i0+nw-1 on the same x (1, k): one call when all are block-quantized */
+static int layer_mm(const svdq_layer *L, int i0, int nw, const float *x, long long k, float **out) {
+    int quant = 1;
+    for (int i = i0; i < i0 + nw; i++) quant &= L->types[i] != F32 && L->types[i] != F16 && L->types[i] != BF16;
+    if (quant) return svdq_matmul_multi(nw, (const unsigned char **)L->w + i0, L->rows + i0, L->row_bytes + i0,
+                                        L->types + i0, x, 1, k, out);
+    for (int i = 0; i < nw; i++) {
+        const int e = svdq_matmul(L->w[i0 + i], L->rows[i0 + i], L->row_bytes[i0 + i], L->types[i0 + i], x, 1, k, out[i]);
+        if (e) return e;
+    }
+    return 0;
+}
+
+/* x (n_embd,) -> h = norm(x); q (n_head*d) roped at pos, k (n_kv*d) pre-RoPE, v (n_kv*d): biases
+ * and per-head q/k norms where the layer has them */
+int svdq_layer_attn_in(const svdq_layer *L, const float *x, const float *cos_t, const float *sin_t,
+                       long long n_ctx, long long pos, int neox, float *h, float *q, float *k, float *v) {
+    int e = layer_check(L);
+    if (e) return e;
+    const int64_t E = L->n_embd, d = L->head_dim, Q = L->n_head * d, KVd = L->n_kv * d;
+    if (pos < 0 || pos >= n_ctx) return -3;
+    svdq_rmsnorm(x, L->attn_norm, 1, E, L->eps, h);
+    float *qkv[3] = {q, k, v};
+    if ((e = layer_mm(L, 0, 3, h, E, qkv))) return e;
+    if (L->bq) for (int64_t i = 0; i < Q; i++) q[i] += L->bq[i];
+    if (L->bk) for (int64_t i = 0; i < KVd; i++) k[i] += L->bk[i];
+    if (L->bv) for (int64_t i = 0; i < KVd; i++) v[i] += L->bv[i];
+    if (L->q_norm) svdq_rmsnorm(q, L->q_norm, L->n_head, d, L->eps, q);      /* in place: row by row */
+    if (L->k_norm) svdq_rmsnorm(k, L->k_norm, L->n_kv, d, L->eps, k);
+    return svdq_rope(q, 1, L->n_head, d, cos_t, sin_t, n_ctx, pos, neox, q);  /* in place: pair by pair */
+}
+
+/* x (n_embd,) += post(o @ Wo); x += post(down(act(gate x') * up x')), x' = norm(x).
+ * scratch: (2 n_embd + 2 n_ff) floats */
+int svdq_layer_ffn(const svdq_layer *L, const float *o, float *x, float *scratch) {
+    int e = layer_check(L);
+    if (e) return e;
+    const int64_t E = L->n_embd, F = L->n_ff;
+    float *t = scratch, *h = t + E, *g = h + E, *u = g + F;   /* (E,) (E,) (F,) (F,) */
+    if ((e = layer_mm(L, 3, 1, o, L->n_head * L->head_dim, &t))) return e;
+    if (L->post_attn_norm) svdq_rmsnorm(t, L->post_attn_norm, 1, E, L->eps, t);
+    for (int64_t i = 0; i < E; i++) x[i] += t[i];
+    svdq_rmsnorm(x, L->ffn_norm, 1, E, L->eps, h);
+    float *gu[2] = {g, u};
+    if ((e = layer_mm(L, 4, 2, h, E, gu))) return e;
+    svdq_act_mul(g, u, F, L->act, g);
+    if ((e = layer_mm(L, 6, 1, g, F, &t))) return e;
+    if (L->post_ffn_norm) svdq_rmsnorm(t, L->post_ffn_norm, 1, E, L->eps, t);
+    for (int64_t i = 0; i < E; i++) x[i] += t[i];
+    return 0;
+}

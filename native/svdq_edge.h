@@ -35,3 +35,18 @@ int svdq_rmsnorm(const float *x, const float *w, long long n, long long d, float
 int svdq_act_mul(const float *g, const float *u, long long m, int act, float *out);
 int svdq_rope(const float *x, long long n, long long heads, long long d, const float *cos_t,
               const float *sin_t, long long n_ctx, long long pos0, int neox, float *out);
+/* One decode token through a layer's two halves around attention, composed from the calls above
+ * (two native calls per layer instead of a dozen from Python). Filled once per layer; optional
+ * tensors NULL. w[0..6]: q, k, v, output, gate, up, down as GGML blocks. */
+typedef struct {
+    long long n_embd, n_head, n_kv, head_dim, n_ff;
+    float eps;
+    int act;
+    const float *attn_norm, *ffn_norm, *post_attn_norm, *post_ffn_norm, *q_norm, *k_norm, *bq, *bk, *bv;
+    const unsigned char *w[7];
+    long long rows[7], row_bytes[7];
+    int types[7];
+} svdq_layer;
+int svdq_layer_attn_in(const svdq_layer *L, const float *x, const float *cos_t, const float *sin_t,
+                       long long n_ctx, long long pos, int neox, float *h, float *q, float *k, float *v);
+int svdq_layer_ffn(const svdq_layer *L, const float *o, float *x, float *scratch);

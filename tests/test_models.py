@@ -165,3 +165,41 @@ def test_greedy_continuations_follow_llama_cpp():
             if "Paris" in cont:
                 m.reset()
                 assert "Paris" in greedy(m, case["prompt"], 12), case["prompt"]
+
+
+@pytest.mark.parametrize("key,ctk", [("qwen", "f16"), ("gemma", "f16"), ("qwen", "svdq")])
+def test_composed_decode_layers_match_the_per_op_path(key, ctk):
+    """Decode steps through the backend's two composed calls per layer (norm, q/k/v, biases, q/k
+    norms, RoPE | output projection, FFN, residuals) give the logits of the per-op path: the same
+    kernels in the same order, so equal up to float summation order (none expected)."""
+    m = loaded(key, n_ctx=256, cache_options=CacheOptions(ctk=ctk))
+    ids = m.tokenizer.encode("def fibonacci(n):\n    ")
+    steps = [11, 220, 284, 1174, 13, 8]
+    runs = []
+    for fused in (True, False):
+        m.reset()
+        m.model.fused_decode = fused
+        try:
+            m.feed(ids)
+            runs.append(np.stack([m.step(t) for t in steps]))
+        finally:
+            m.model.fused_decode = True
+    if m.model._decode is False:
+        pytest.skip("the backend has no composed decode layers")
+    assert np.abs(runs[0] - runs[1]).max() <= 1e-5 * np.abs(runs[1]).max(), np.abs(runs[0] - runs[1]).max()
+
+
+def test_composed_decode_layers_refuse_a_mismatched_layer():
+    """A layer descriptor whose sizes do not match its weights is refused before any memory is read."""
+    from dataclasses import replace
+    from svdq_edge import kernels
+    m = loaded("qwen", n_ctx=64, cache_options=F16)
+    dl = kernels.decode_layers(replace(m.args, n_ff=m.args.n_ff + 32), m.weights.layers)
+    if dl is None:
+        pytest.skip("the backend has no composed decode layers")
+    rope = m.model.layer_rope(0)
+    x = np.zeros((1, m.args.n_embd), np.float32)
+    with pytest.raises(ValueError, match="bad size"):
+        dl.attn_in(0, x, rope.cos, rope.sin, 0, rope.neox)
+    with pytest.raises(ValueError, match="bad size"):
+        dl.ffn(0, np.zeros((1, m.args.q_dim), np.float32), x)

@@ -97,6 +97,8 @@ class Transformer:
         self.rope_local = (RoPE(a.head_dim, a.rope_base_local, n_ctx, a.rope_neox)
                            if a.rope_base_local else self.rope_global)
         self.caches: list = []
+        self._decode = None                # kernels.decode_layers, built on the first decode step
+        self.fused_decode = True           # False: decode steps take the per-op path (tests compare)
 
     def layer_rope(self, i: int) -> RoPE:
         return self.rope_local if self.args.layer_window[i] is not None else self.rope_global
@@ -120,6 +122,11 @@ class Transformer:
         x = kernels.get_rows(w.tok_embd, tokens)                                     # (n, E)
         if a.embd_scale != 1.0:
             x *= np.float32(a.embd_scale)
+        if n == 1 and hidden_hook is None and self.fused_decode:
+            if self._decode is None:
+                self._decode = kernels.decode_layers(a, w.layers) or False
+            if self._decode:
+                return self._decode_step(x)
         for i, lw in enumerate(w.layers):
             h = rmsnorm(x, lw.attn_norm, a.norm_eps)                                 # (n, E)
             q, k, v = kernels.matmul_many((lw.wq, lw.wk, lw.wv), h)                  # (n, H*d), (n, KV*d) x 2
@@ -155,6 +162,20 @@ class Transformer:
         x = rmsnorm(x, w.output_norm, a.norm_eps)
         logits = kernels.matmul(w.output, x)                                         # (m, V)
         return logits if all_logits else logits[0]
+
+    def _decode_step(self, x: np.ndarray) -> np.ndarray:
+        """One token, x (1, E): per layer the backend's two composed calls around cache attention
+        (the same ops as forward's loop, in the same order)."""
+        a, dl = self.args, self._decode
+        pos = self.offset
+        for i in range(a.n_layer):
+            rope = self.layer_rope(i)
+            q, k, v = dl.attn_in(i, x, rope.cos, rope.sin, pos, rope.neox)        # (1, H, d), (1, KV, d) x 2
+            cache = self.caches[i]
+            cache.append(k, v)
+            dl.ffn(i, cache.attend(q, a.attn_scale), x)                              # x updated in place
+        x = rmsnorm(x, self.w.output_norm, a.norm_eps)
+        return kernels.matmul(self.w.output, x)[0]                                   # (V,)
 
     def trim(self, n: int) -> None:
         for c in self.caches:

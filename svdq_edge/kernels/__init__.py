@@ -328,3 +328,11 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool)
     if pos0 < 0 or pos0 + x.shape[0] > cos.shape[0]:
         raise ValueError(f"rope: positions {pos0}..{pos0 + x.shape[0]} outside the table of {cos.shape[0]}")
     return _small("rope")(x, cos, sin, pos0, neox)
+
+
+def decode_layers(args, layers):
+    """The backend's composed decode-token layer calls (cpu_c.DecodeLayers: norm, q/k/v, biases,
+    q/k norms and RoPE in one call; output projection, FFN and residuals in another), or None where
+    the backend has none (the model then runs its per-op path)."""
+    cls = getattr(backend(), "DecodeLayers", None)
+    return None if cls is None else cls(args, layers)

@@ -325,3 +325,65 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool)
     _ok(lib.svdq_rope(_ptr(x, "float *"), n, heads, d, _ptr(cos, "float *"), _ptr(sin, "float *"), cos.shape[0],
                       int(pos0), int(bool(neox)), _ptr(out, "float *")), "rope")
     return out
+
+
+class DecodeLayers:
+    """One decode token through each layer's two halves around attention (svdq_layer_attn_in,
+    svdq_layer_ffn): the layer descriptors, with pointers to the weights' blocks and the norm
+    vectors, are filled once; the activations live in buffers allocated here once."""
+
+    def __init__(self, args, layers):
+        a = args
+        E, H, KV, d, F = a.n_embd, a.n_head, a.n_kv, a.head_dim, a.n_ff
+        self._keep: list = []                               # what the descriptors point into
+        self.layers = []
+        for lw in layers:
+            L = ffi.new("svdq_layer *")
+            L.n_embd, L.n_head, L.n_kv, L.head_dim, L.n_ff = E, H, KV, d, F
+            L.eps, L.act = float(a.norm_eps), ACT_IDS[a.act]
+            for name in ("attn_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm", "q_norm", "k_norm",
+                         "bq", "bk", "bv"):
+                vec = getattr(lw, name)
+                if vec is not None:
+                    vec = np.ascontiguousarray(vec, np.float32)
+                    self._keep.append(vec)
+                    setattr(L, name, _ptr(vec, "float *"))
+            for i, w in enumerate((lw.wq, lw.wk, lw.wv, lw.wo, lw.w_gate, lw.w_up, lw.w_down)):
+                p = _ptr(w.data, "unsigned char *")
+                self._keep.append(p)
+                L.w[i], L.rows[i], L.row_bytes[i], L.types[i] = p, w.rows, w.data.shape[1], int(w.qtype)
+            self.layers.append(L)
+        self.q = np.empty((1, H, d), np.float32)            # (1, H, d) roped queries
+        self.k = np.empty((1, KV, d), np.float32)           # (1, KV, d) pre-RoPE keys
+        self.v = np.empty((1, KV, d), np.float32)           # (1, KV, d)
+        self.h = np.empty(E, np.float32)                    # (E,) normed input
+        self.scratch = np.empty(2 * E + 2 * F, np.float32)  # (2E + 2F,) ffn temporaries
+        self._p = {n: _ptr(getattr(self, n), "float *") for n in ("q", "k", "v", "h", "scratch")}
+        self._tables: dict = {}
+
+    def attn_in(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos: int, neox: bool):
+        """x float32 (1, E) C-contiguous -> (q, k, v) views of this object's buffers, valid until the
+        next call: q (1, H, d) roped at pos, k and v (1, KV, d)."""
+        if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
+            raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+        key = id(cos)
+        hit = self._tables.get(key)
+        if hit is None or hit[0] is not cos:
+            if cos.shape != sin.shape or cos.dtype != np.float32 or sin.dtype != np.float32 \
+                    or cos.shape[1:] != (self.q.shape[2] // 2,) or not cos.flags.c_contiguous or not sin.flags.c_contiguous:
+                raise ValueError("decode layer: RoPE tables do not match")
+            hit = self._tables[key] = (cos, sin, _ptr(cos, "float *"), _ptr(sin, "float *"))
+        p = self._p
+        _ok(lib.svdq_layer_attn_in(self.layers[i], _ptr(x, "float *"), hit[2], hit[3], cos.shape[0], int(pos),
+                                   int(bool(neox)), p["h"], p["q"], p["k"], p["v"]), "decode layer")
+        return self.q, self.k, self.v
+
+    def ffn(self, i: int, o: np.ndarray, x: np.ndarray) -> None:
+        """x (1, E) += the attention output o (1, H*d) through Wo, then the FFN block; in place."""
+        if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
+            raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+        o = _f32c(o)
+        if o.size != self.q.size:
+            raise ValueError(f"decode layer: attention output has {o.size} values, expected {self.q.size}")
+        _ok(lib.svdq_layer_ffn(self.layers[i], _ptr(o, "float *"), _ptr(x, "float *"), self._p["scratch"]),
+            "decode layer")
