@@ -80,6 +80,18 @@ static float select_kth(float *w, int64_t m, int64_t k) {
     return w[want];
 }
 
+/* packed codes as floats by byte: LUT1[b] the 8 one-bit tokens of byte b, LUT2[b] its 4 two-bit
+ * tokens (token i at bits w*i), filled when the library loads */
+static float LUT1[256][8] __attribute__((aligned(32)));
+static float LUT2[256][4] __attribute__((aligned(16)));
+
+__attribute__((constructor)) static void fill_code_tables(void) {
+    for (int b = 0; b < 256; b++) {
+        for (int i = 0; i < 8; i++) LUT1[b][i] = (float)((b >> i) & 1);
+        for (int i = 0; i < 4; i++) LUT2[b][i] = (float)((b >> (2 * i)) & 3);
+    }
+}
+
 #define SFX _scalar
 #include "kernels_impl.h"
 #undef SFX
@@ -632,5 +644,27 @@ int svdq_layer_ffn(const svdq_layer *L, const float *o, float *x, float *scratch
     if ((e = layer_mm(L, 6, 1, g, F, &t))) return e;
     if (L->post_ffn_norm) svdq_rmsnorm(t, L->post_ffn_norm, 1, E, L->eps, t);
     for (int64_t i = 0; i < E; i++) x[i] += t[i];
+    return 0;
+}
+
+/* Token sparsity on prefill scores s (nq, H, T), in place (svdq_ref.topk_group_mask): per query and
+ * KV head group, packed tokens [p0, p0 + n) outside the group's k best become -inf */
+int svdq_topk_mask(float *s, long long nq, long long H, long long KV, long long T, long long p0, long long n,
+                   long long k) {
+    if (nq < 0 || H <= 0 || KV <= 0 || H % KV || T < 0 || p0 < 0 || n < 0 || p0 + n > T || k < 0) return -3;
+    if (k == 0 || k >= n) return 0;
+    const int64_t g = H / KV;
+    const int nt = svdq_get_threads();
+    const size_t per = (size_t)(g + 3 * n);                 /* per thread: m (g,), u, w (n,), bins (n,) */
+    float *work = (float *)malloc((size_t)nt * per * sizeof(float));
+    if (!work) return -5;
+    PARALLEL_ROWS(nq * KV, {
+        float *m = work + (size_t)thread_id() * per;
+        float *u = m + g;
+        float *w = u + n;
+        int32_t *bins = (int32_t *)(w + n);
+        for (int64_t i = r0; i < r1; i++) BY_PATH(topk_mask, s + i * g * T, g, T, p0, n, k, m, u, w, bins);
+    });
+    free(work);
     return 0;
 }

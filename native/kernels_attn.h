@@ -108,9 +108,13 @@ static void FN(latent_qproj)(const float *q, int64_t H, int64_t KV, int64_t d, c
 
 #ifdef SIMD_X86
 /* the codes of 8 consecutive tokens (t8*8 ..) of one channel row p, as floats. Token t sits at
- * bits w*t (w = 4, 2, 1), so the 8 tokens are the w bytes at t8*w: one word, shifted per lane */
+ * bits w*t (w = 4, 2, 1), so the 8 tokens are the w bytes at t8*w: 1 and 2 bits by table lookup
+ * per byte, 4 bits as one word shifted per lane */
 static inline __m256 FN(codes8)(const uint8_t *p, const int w, int64_t t8) {
     if (w == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + t8 * 8))));
+    if (w == 1) return _mm256_load_ps(LUT1[p[t8]]);         /* byte -> 8 floats: one load */
+    if (w == 2) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_load_ps(LUT2[p[2 * t8]])),
+                                            _mm_load_ps(LUT2[p[2 * t8 + 1]]), 1);
     uint32_t x = 0;
     memcpy(&x, p + t8 * w, (size_t)w);
     const __m256i sh = _mm256_mullo_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -540,14 +544,10 @@ static float FN(kth_largest)(const float *x, int64_t n, int64_t k, float *w, int
     return select_kth(w, m, k);
 }
 
-/* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
- * the head's max over all T tokens; the n packed tokens from p0 ranked by u_t = max_h (s_h,t - m_h);
- * the k best (all tied at the cut) with every unmasked sink [0, p0) and window token [p0 + n, T)
- * form the set whose weights exp(s - m_h) are written over s and whose V rows are read once into
- * acc (g, d); l (g) the sums. Scratch: m (g,), u (n,), w (T,), idx (T,). */
-static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
-                         int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w,
-                         int32_t *idx, float *acc, float *l) {
+/* One query's KV head group of g heads s (g rows, stride T): m (g,) each head's max over all T
+ * tokens, u (n,) = max over heads of s_h,t - m_h for the n packed tokens from p0 (the rank of
+ * token sparsity) */
+static void FN(group_rank)(const float *s, int64_t g, int64_t T, int64_t p0, int64_t n, float *m, float *u) {
     for (int64_t h = 0; h < g; h++) m[h] = FN(row_max)(s + h * T, 0, T);
     for (int64_t t = 0; t < n; t++) u[t] = -INFINITY;
     for (int64_t h = 0; h < g; h++) {                       /* u = max over heads of s - m_h */
@@ -561,6 +561,17 @@ static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, 
 #endif
         for (; t < n; t++) { const float x = row[t] - m[h]; u[t] = x > u[t] ? x : u[t]; }
     }
+}
+
+/* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
+ * the head's max over all T tokens; the n packed tokens from p0 ranked by u_t = max_h (s_h,t - m_h);
+ * the k best (all tied at the cut) with every unmasked sink [0, p0) and window token [p0 + n, T)
+ * form the set whose weights exp(s - m_h) are written over s and whose V rows are read once into
+ * acc (g, d); l (g) the sums. Scratch: m (g,), u (n,), w (T,), idx (T,). */
+static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
+                         int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w,
+                         int32_t *idx, float *acc, float *l) {
+    FN(group_rank)(s, g, T, p0, n, m, u);
     const float cut = FN(kth_largest)(u, n, k, w, idx);
     int64_t ns = 0;
     for (int64_t t = 0; t < p0; t++) {                      /* sinks: unless masked in every head */
@@ -591,4 +602,16 @@ static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, 
         for (int64_t i = 0; i < ns; i++) row[idx[i]] = w[i];
     }
     FN(av_idx)(s, T, g, v + kv * vrb, KV * vrb, vtype, vrb, idx, ns, d, acc);
+}
+
+/* Token sparsity on prefill scores, in place (svdq_ref.topk_group_mask): for the g heads s (g rows,
+ * stride T) of one query and KV head, every packed token [p0, p0 + n) ranked below the k-th by
+ * group_rank (or at -inf) becomes -inf in all g rows. Scratch: m (g,), u (n,), w (n,), bins (n,). */
+static void FN(topk_mask)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, float *m, float *u,
+                          float *w, int32_t *bins) {
+    FN(group_rank)(s, g, T, p0, n, m, u);
+    const float cut = FN(kth_largest)(u, n, k, w, bins);
+    for (int64_t t = 0; t < n; t++)
+        if (!(u[t] >= cut && u[t] > -INFINITY))
+            for (int64_t h = 0; h < g; h++) s[h * T + p0 + t] = -INFINITY;
 }

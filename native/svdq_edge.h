@@ -21,6 +21,8 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
                        const unsigned short *kf, long long sinks, long long nwin, const unsigned char *v, int vtype,
                        long long topk, const float *cos_t, const float *sin_t, long long n_ctx, long long rb,
                        int neox, float *scores, float *out);
+int svdq_topk_mask(float *s, long long nq, long long H, long long KV, long long T, long long p0, long long n,
+                   long long k);
 int svdq_quantize_rows(const float *x, long long n, long long k, int qtype, unsigned char *out);
 int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long H, long long KV,
                 long long d, long long T, float *out);

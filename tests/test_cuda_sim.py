@@ -80,3 +80,19 @@ def test_device_argument_validated():
     assert check_device("cpu", None) == "cpu"
     with pytest.raises(SvdqError, match="expected cpu or cuda"):
         check_device("tpu", None)
+
+
+def test_gpu_svdq_options_drop_what_the_gpu_cache_lacks():
+    """The GPU SVDq cache: the default relative frame becomes post-RoPE and the default token
+    sparsity is turned off (both said on stderr); other caches and the CPU are left alone."""
+    from dataclasses import replace
+    from svdq_edge.arch.cuda_transformer import device_cache_options
+    from svdq_edge.kvcache.factory import CacheOptions
+    o = CacheOptions(ctk="svdq")
+    assert o.svdq.topk and o.svdq.rope == "relative"
+    g = device_cache_options("cuda", o)
+    assert g.svdq.topk is None and g.svdq.rope == "post"
+    assert device_cache_options("cpu", o) is o
+    post = replace(o, svdq=replace(o.svdq, rope="post", topk=None))
+    assert device_cache_options("cuda", post) is post
+    assert device_cache_options("cuda", CacheOptions(ctk="f16")).ctk == "f16"

@@ -406,3 +406,28 @@ def test_matmul_many_equals_separate_matmuls(n):
     # the C entry point refuses a row size that does not match its type before touching memory
     with pytest.raises(ValueError, match="row size"):
         cpu_c.matmul_many([np.ascontiguousarray(ws[0].data[:, :100])], [ws[0].qtype], x, [np.empty((n, 40), np.float32)])
+
+
+@pytest.mark.parametrize("n,H,KV,T,p0,P,k", [(5, 14, 2, 700, 4, 640, 100), (3, 8, 1, 300, 0, 300, 1),
+                                             (4, 6, 3, 90, 2, 80, 79), (2, 4, 2, 2000, 4, 1900, 37)])
+def test_native_topk_mask_matches_oracle(n, H, KV, T, p0, P, k):
+    """Prefill token sparsity in C on every path against svdq_ref.topk_group_mask: causal -inf in the
+    window, one head fully masked, and runs of equal scores (ties at the cut are all kept)."""
+    from svdq_edge.kernels import cpu_c, svdq_ref
+    rng = np.random.default_rng(T + k)
+    s = (rng.standard_normal((n, H, T)) * 3).astype(np.float32)
+    s[:, :, p0:p0 + P:3] = np.round(s[:, :, p0:p0 + P:3])        # ties
+    s[:, :, p0 + P + 1:] = -np.inf                             # window masked for every query
+    s[0, 1] = -np.inf                                          # a head with nothing to attend
+    want = s.copy()
+    svdq_ref.topk_group_mask(want, p0, P, H // KV, k)
+    for p in cpu_c.cpu_paths():
+        cpu_c.set_path(p)
+        try:
+            got = s.copy()
+            cpu_c.topk_group_mask(got, p0, P, H // KV, k)
+        finally:
+            cpu_c.set_path(None)
+        assert np.array_equal(got, want), (p, int((got != want).sum()))
+    with pytest.raises(ValueError, match="do not match"):
+        cpu_c.topk_group_mask(s, p0, T - p0 + 1, H // KV, k)     # packed range past the end

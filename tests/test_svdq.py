@@ -376,7 +376,7 @@ def test_quantized_latent_error_beats_dropping(width, max_frac):
                                     (dict(bits=(4, 2, 3, 1, 1, 0, 0, 0)), "widths must be in"),
                                     (dict(bits=(1, 2, 2, 1, 1, 0, 0, 0)), "must not increase"),
                                     (dict(window=-1), "must be >= 0"),
-                                    (dict(topk=0), "must be > 0"),
+                                    (dict(topk=-1), "must be >= 0"),
                                     (dict(rope="sideways"), "expected relative, post or pre"),
                                     (dict(rot_block=48), "multiple of 8 that divides"),
                                     (dict(rot_block=256), "multiple of 8 that divides"),

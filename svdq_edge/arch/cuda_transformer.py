@@ -8,7 +8,7 @@ and are allocated once, at construction and in set_caches(). A decode step sends
 Same math as transformer.py for llama, qwen2 and gemma3 (embedding scale, q/k norms, post norms,
 GELU-tanh, sliding-window local layers with their own RoPE base). Differences: matmuls use float32
 activations (the CPU backends quantize activations to 8-bit blocks; the numpy backend does not),
-and SVDq supports the absolute post-RoPE frame without --svdq-topk (the default relative frame is
+and SVDq supports the absolute post-RoPE frame without token sparsity (the default relative frame is
 switched to it by device_cache_options, with a note).
 
 Status: run only under Numba's CUDA simulator (tests/test_cuda_sim.py compares its logits with the
@@ -41,23 +41,24 @@ def check_device(device: str, cache_options) -> str:
         if o.ctk not in ("svdq", "f16") or o.ctv != "f16":
             raise SvdqError(f"--device cuda: -ctk {o.ctk} -ctv {o.ctv} is not supported on the GPU "
                             f"(use -ctk svdq or f16 with -ctv f16)")
-        if o.ctk == "svdq" and (o.svdq.pre_rope or o.svdq.topk is not None or o.svdq.basis_source == "prompt"):
+        if o.ctk == "svdq" and (o.svdq.pre_rope or o.svdq.basis_source == "prompt"):
             raise SvdqError("--device cuda: the GPU SVDq cache supports the calibrated post-RoPE basis "
-                            "without --svdq-topk (drop --svdq-rope pre / --svdq-topk / --svdq-basis-source prompt)")
+                            "(drop --svdq-rope pre / --svdq-basis-source prompt)")
     return device
 
 
 def device_cache_options(device: str, cache_options):
-    """The GPU SVDq kernels code keys in the absolute post-RoPE frame only: the default relative
-    frame becomes post-RoPE (spread basis) there, said once on stderr; anything else unchanged."""
+    """The GPU SVDq kernels code keys in the absolute post-RoPE frame and attend to every token: the
+    default relative frame becomes post-RoPE (spread basis) and token sparsity is off there, said
+    once on stderr; anything else unchanged."""
     o = cache_options
-    if device != "cuda" or o is None or o.ctk != "svdq" or o.svdq.rope != "relative":
+    if device != "cuda" or o is None or o.ctk != "svdq" or (o.svdq.rope != "relative" and not o.svdq.topk):
         return o
     import sys
     from dataclasses import replace
     print("svdq-edge: --device cuda: the GPU SVDq cache stores keys in the absolute post-RoPE frame "
-          "(--svdq-rope post)", file=sys.stderr)
-    return replace(o, svdq=replace(o.svdq, rope="post"))
+          "(--svdq-rope post) and attends to every token (--svdq-topk 0)", file=sys.stderr)
+    return replace(o, svdq=replace(o.svdq, rope="post" if o.svdq.rope == "relative" else o.svdq.rope, topk=None))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -147,6 +147,18 @@ def quantize_rows(x: np.ndarray, qtype: int) -> np.ndarray:
     return fn(x, qtype)
 
 
+def topk_group_mask(s: np.ndarray, p0: int, P: int, g: int, k: int) -> None:
+    """Token sparsity on scores s float32 (n, H, T), in place (svdq_ref.topk_group_mask): native where
+    the backend has it (a numpy partition per query and group is slow at long context)."""
+    if not 0 < k < P:
+        return
+    fn = getattr(backend(), "topk_group_mask", None)
+    if fn is None or s.dtype != np.float32 or not s.flags.c_contiguous:
+        from . import svdq_ref
+        return svdq_ref.topk_group_mask(s, p0, P, g, k)
+    fn(s, p0, P, g, k)
+
+
 def dequantize_rows(data: np.ndarray, qtype: int, cols: int) -> np.ndarray:
     """uint8 (n, row bytes) GGML blocks -> float32 (n, cols)."""
     w = QWeight("rows", qtype, data.shape[0], cols, np.ascontiguousarray(data))

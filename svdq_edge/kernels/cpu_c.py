@@ -231,6 +231,14 @@ def score(codes: list, scale: np.ndarray, mn: np.ndarray, widths, qt: np.ndarray
     return PackedScorer(codes, scale, mn, B)(qt)
 
 
+def topk_group_mask(s: np.ndarray, p0: int, P: int, g: int, k: int) -> None:
+    """svdq_ref.topk_group_mask in C, in place on s float32 (n, H, T) C-contiguous."""
+    n, H, T = s.shape
+    if s.dtype != np.float32 or not s.flags.c_contiguous or g <= 0 or H % g or p0 < 0 or P < 0 or p0 + P > T:
+        raise ValueError(f"topk mask: scores {s.dtype} {s.shape} do not match p0 {p0}, P {P}, g {g}")
+    _ok(lib.svdq_topk_mask(_ptr(s, "float *"), n, H, H // g, T, p0, P, max(int(k), 0)), "topk mask")
+
+
 def quantize_rows(x: np.ndarray, qtype: int) -> np.ndarray:
     """x float32 (n, k) -> uint8 (n, row bytes): GGML Q8_0 / Q4_0 blocks, gguf.quants.quantize's values."""
     x = np.ascontiguousarray(x, np.float32)

@@ -360,13 +360,13 @@ class SVDqCache:
                 mask = kpos[None, :] > qpos[:, None]                                   # (n, t)
                 if mask.any():
                     cols[np.broadcast_to(mask[:, None, :], cols.shape)] = -np.inf
-        svdq_ref.topk_group_mask(scores, S, t_pack, grp, self._topk(t_pack))
+        kernels.topk_group_mask(scores, S, t_pack, grp, self._topk(t_pack))
         # softmax and V accumulation; V rows are read only for tokens with nonzero weight
         return kernels.softmax_av_f16(scores, v)
 
     def _topk(self, t_pack: int) -> int:
         """Packed tokens kept per KV head group by --svdq-topk (a count or a fraction); 0 = all."""
-        if self.cfg.topk is None or t_pack == 0:
+        if not self.cfg.topk or t_pack == 0:
             return 0
         k = int(self.cfg.topk if self.cfg.topk >= 1 else max(1, round(self.cfg.topk * t_pack)))
         return k if k < t_pack else 0
