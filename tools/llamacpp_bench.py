@@ -216,8 +216,10 @@ def run_llama_bench(model: Path, tk: str, tv: str, fa: list[int], p: int, n: int
 def run_svdq(model: Path, ctk: str, p: int, n: int, depth: int, reps: int, threads: int,
              extra: list[str]) -> tuple[list[str], list[dict], str]:
     ctx = depth + max(p, n) + 64
+    ctk, _, ctv = ctk.partition("/")                     # "svdq/q4_0": -ctk svdq -ctv q4_0
     cmd = [str(SVDQ), "bench", "-m", str(model), "-p", str(p), "-n", str(n), "-d", str(depth),
-           "-c", str(ctx), "-ctk", ctk, "-t", str(threads), "-r", str(reps), "--json", *extra]
+           "-c", str(ctx), "-ctk", ctk, *(["-ctv", ctv] if ctv else []), "-t", str(threads), "-r", str(reps),
+           "--json", *extra]
     print("+", shlex.join(cmd), flush=True)
     t0 = time.time()
     stdout, stderr, rc, rss = run_measured(cmd, cwd=ROOT)
@@ -440,7 +442,7 @@ def main() -> None:
     r.add_argument("--fa", default="0,1", help="llama.cpp flash attention settings")
     r.add_argument("--no-konly", dest="konly", action="store_false",
                    help="skip quantized-K/f16-V with flash attention off")
-    r.add_argument("--svdq-ctk", default="svdq,f16", help="svdq-edge K cache types")
+    r.add_argument("--svdq-ctk", default="svdq,f16", help="svdq-edge K cache types, each optionally /V type (svdq,svdq/q4_0,f16)")
     r.add_argument("--svdq-args", default="", help="extra svdq-edge bench flags, e.g. '--svdq-bits 2.0'")
     r.add_argument("-p", "--n-prompt", type=int, default=512)
     r.add_argument("-n", "--n-gen", type=int, default=128)
