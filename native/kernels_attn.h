@@ -342,28 +342,26 @@ static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, in
     default: FN(av_tile)(s, T, 8, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                        \
     }
 
+/* 16 int8 values q to floats times sc, stored at o */
+static inline void FN(scale_store16)(float *o, __m256 sc, __m128i q) {
+    _mm256_storeu_ps(o, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+    _mm256_storeu_ps(o + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)))));
+}
+
 /* one V row of d (a multiple of 32) values from GGML Q8_0 / Q4_0 blocks to floats: d * q, as the
  * scalar dequant_rows computes it */
 static inline void FN(dequant_v_row)(const uint8_t *row, int vtype, int64_t d, float *o) {
     for (int64_t b = 0; b < d / 32; b++, o += 32) {
         const __m256 sc = _mm256_set1_ps(_cvtsh_ss(rd16(row)));
         if (vtype == Q8_0) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(row + 2));
-            const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
-            _mm256_storeu_ps(o, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0))));
-            _mm256_storeu_ps(o + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8)))));
-            _mm256_storeu_ps(o + 16, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1))));
-            _mm256_storeu_ps(o + 24, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8)))));
+            FN(scale_store16)(o, sc, _mm_loadu_si128((const __m128i *)(row + 2)));
+            FN(scale_store16)(o + 16, sc, _mm_loadu_si128((const __m128i *)(row + 18)));
             row += 34;
         } else {    /* Q4_0: low nibbles are elements 0..15, high nibbles 16..31, each minus 8 */
             const __m128i q = _mm_loadu_si128((const __m128i *)(row + 2)), m4 = _mm_set1_epi8(15);
             const __m128i e8 = _mm_set1_epi8(8);
-            const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, m4), e8);
-            const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), e8);
-            _mm256_storeu_ps(o, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
-            _mm256_storeu_ps(o + 8, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
-            _mm256_storeu_ps(o + 16, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
-            _mm256_storeu_ps(o + 24, _mm256_mul_ps(sc, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+            FN(scale_store16)(o, sc, _mm_sub_epi8(_mm_and_si128(q, m4), e8));
+            FN(scale_store16)(o + 16, sc, _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), e8));
             row += 18;
         }
     }
@@ -414,7 +412,7 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
 #ifdef SIMD_X86
     if (d % 8 == 0 && g <= 8) {
         if (vtype == F16) { AV_TILE_G(idx, n, NULL, 0) return; }
-        /* quantized rows: a tile of up to 8192 values dequantized at a time, then as f16 rows */
+        /* quantized rows: a tile of up to 8192 values dequantized at a time, then accumulated as f16 rows are */
         float vf[8192];
         const int64_t tile = 8192 / d;
         for (int64_t u0 = 0; u0 < n; u0 += tile) {

@@ -369,11 +369,14 @@ class DecodeLayers:
         self._p = {n: _ptr(getattr(self, n), "float *") for n in ("q", "k", "v", "h", "scratch")}
         self._tables: dict = {}
 
+    def _check_x(self, x: np.ndarray) -> None:
+        if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
+            raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+
     def attn_in(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos: int, neox: bool):
         """x float32 (1, E) C-contiguous -> (q, k, v) views of this object's buffers, valid until the
         next call: q (1, H, d) roped at pos, k and v (1, KV, d)."""
-        if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
-            raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+        self._check_x(x)
         key = id(cos)
         hit = self._tables.get(key)
         if hit is None or hit[0] is not cos:
@@ -388,8 +391,7 @@ class DecodeLayers:
 
     def ffn(self, i: int, o: np.ndarray, x: np.ndarray) -> None:
         """x (1, E) += the attention output o (1, H*d) through Wo, then the FFN block; in place."""
-        if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
-            raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+        self._check_x(x)
         o = _f32c(o)
         if o.size != self.q.size:
             raise ValueError(f"decode layer: attention output has {o.size} values, expected {self.q.size}")
