@@ -186,6 +186,8 @@ static inline int thread_id(void) {
 #endif
 }
 
+static inline int float_type(int T) { return T == F32 || T == F16 || T == BF16; }
+
 static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
     int64_t rb = type_row_bytes(T, k);
     if (rb == -2) return -1;
@@ -218,7 +220,7 @@ int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int
     int e = check(T, rows, row_bytes, k);
     if (e) return e;
     if (n <= 0) return -3;
-    if (T == F32 || T == F16 || T == BF16) {
+    if (float_type(T)) {
         PARALLEL_ROWS(rows, BY_PATH(mm_float_rows, w, row_bytes, T, x, n, k, r0, r1, rows, out));
         return 0;
     }
@@ -243,7 +245,7 @@ int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *ro
     for (int64_t i = 0; i < nw; i++) {
         int e = check(types[i], rows[i], row_bytes[i], k);
         if (e) return e;
-        if (types[i] == F32 || types[i] == F16 || types[i] == BF16) return -1;
+        if (float_type(types[i])) return -1;
         off[i + 1] = off[i] + rows[i];
     }
     int8_t *xq = (int8_t *)malloc((size_t)(n * k));            /* (n, k) activation codes */
@@ -598,7 +600,7 @@ static int layer_check(const svdq_layer *L) {
 /* the weights i0..i0+nw-1 on the same x (1, k): one call when all are block-quantized */
 static int layer_mm(const svdq_layer *L, int i0, int nw, const float *x, long long k, float **out) {
     int quant = 1;
-    for (int i = i0; i < i0 + nw; i++) quant &= L->types[i] != F32 && L->types[i] != F16 && L->types[i] != BF16;
+    for (int i = i0; i < i0 + nw; i++) quant &= !float_type(L->types[i]);
     if (quant) return svdq_matmul_multi(nw, (const unsigned char **)L->w + i0, L->rows + i0, L->row_bytes + i0,
                                         L->types + i0, x, 1, k, out);
     for (int i = 0; i < nw; i++) {

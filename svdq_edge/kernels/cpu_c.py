@@ -68,6 +68,12 @@ def _ok(rc: int, what: str) -> None:
         raise ValueError(f"{what}: {ERRORS.get(rc, f'error {rc}')}")
 
 
+def _tables_match(cos: np.ndarray, sin: np.ndarray, d: int) -> bool:
+    """RoPE tables a kernel can read: float32 (n_ctx, d/2) each, C-contiguous."""
+    return (cos.shape == sin.shape and cos.shape[1:] == (d // 2,) and cos.dtype == np.float32
+            and sin.dtype == np.float32 and cos.flags.c_contiguous and sin.flags.c_contiguous)
+
+
 def _check_out(out: np.ndarray, shape) -> None:
     if out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"output must be float32 C-contiguous {tuple(shape)}, got {out.dtype} {out.shape}")
@@ -201,8 +207,7 @@ class PackedScorer:
             rb, ct, st, n_ctx, neox = 0, ffi.NULL, ffi.NULL, 0, 1
         else:
             rb, cos, sin, neox = rot
-            if (cos.shape != sin.shape or cos.shape[1:] != (d // 2,) or cos.dtype != np.float32
-                    or sin.dtype != np.float32 or not cos.flags.c_contiguous or not sin.flags.c_contiguous):
+            if not _tables_match(cos, sin, d):
                 raise ValueError("latent attend: RoPE tables do not match")
             ct, st, n_ctx = self._p("cos", cos, "float *"), self._p("sin", sin, "float *"), cos.shape[0]
         _ok(lib.svdq_latent_attend(_ptr(q, "float *"), H, KV, d, self._p("vmu", vmu, "float *"), *self._args,
@@ -325,8 +330,7 @@ def act_mul(g: np.ndarray, u: np.ndarray, act: str) -> np.ndarray:
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos0: int, neox: bool) -> np.ndarray:
     """ref.rope in C: x float32 (n, heads, d); cos, sin float32 (n_ctx, d/2) C-contiguous."""
     n, heads, d = x.shape
-    if cos.shape != sin.shape or cos.shape[1:] != (d // 2,) or cos.dtype != np.float32 or not cos.flags.c_contiguous \
-            or sin.dtype != np.float32 or not sin.flags.c_contiguous:
+    if not _tables_match(cos, sin, d):
         raise ValueError(f"rope: x {x.shape} and tables {cos.shape} do not match")
     x = _f32c(x)
     out = np.empty(x.shape, np.float32)
@@ -380,8 +384,7 @@ class DecodeLayers:
         key = id(cos)
         hit = self._tables.get(key)
         if hit is None or hit[0] is not cos:
-            if cos.shape != sin.shape or cos.dtype != np.float32 or sin.dtype != np.float32 \
-                    or cos.shape[1:] != (self.q.shape[2] // 2,) or not cos.flags.c_contiguous or not sin.flags.c_contiguous:
+            if not _tables_match(cos, sin, self.q.shape[2]):
                 raise ValueError("decode layer: RoPE tables do not match")
             hit = self._tables[key] = (cos, sin, _ptr(cos, "float *"), _ptr(sin, "float *"))
         p = self._p
