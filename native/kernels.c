@@ -332,28 +332,41 @@ static void unrotate_q(const float *q, int64_t H, int64_t d, const float *c, con
 }
 
 static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
-                      int64_t d, int64_t T, float *out);
+                      int64_t d, int64_t T, int kv_major, float *out);
 
-/* Token sparsity of one decode query: each KV head group keeps its k best packed tokens (ranked by
- * sav_topk) with the sinks and window; out (H, d) = acc / l per head. */
-static int topk_softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t H, int64_t KV,
-                           int64_t d, int64_t T, int64_t p0, int64_t n, int64_t k, float *out) {
+/* the g score rows of query i, KV head kv: scores (nq, H, T), or kv_major (KV, nq, g, T) (a prefill
+ * pass scored per KV head) */
+static inline float *group_rows(float *s, int64_t i, int64_t kv, int64_t nq, int64_t H, int64_t KV, int64_t T,
+                                int kv_major) {
+    const int64_t g = H / KV;
+    return s + (kv_major ? (kv * nq + i) * g : i * H + kv * g) * T;
+}
+
+/* Token sparsity of nq queries (one decode query, or a prefill pass): each query's KV head group
+ * keeps its k best packed tokens (ranked by sav_topk) with the sinks and window; out (nq, H, d) =
+ * acc / l per head. Only the kept tokens' weights are computed and their V rows read. */
+static int topk_softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H,
+                           int64_t KV, int64_t d, int64_t T, int64_t p0, int64_t n, int64_t k, int kv_major,
+                           float *out) {
     const int64_t g = H / KV;
     const int nt = svdq_get_threads();
     const size_t per = (size_t)(2 * g + n + 2 * T + g * d);  /* per thread: m, l (g,), u (n,), w, idx (T,), acc (g, d) */
     float *work = (float *)malloc((size_t)nt * per * sizeof(float));
     if (!work) return -5;
-    PARALLEL_ROWS(KV, for (int64_t kv = r0; kv < r1; kv++) {
+    PARALLEL_ROWS(nq * KV, for (int64_t grp = r0; grp < r1; grp++) {
         float *m = work + (size_t)thread_id() * per;
         float *l = m + g;
         float *u = l + g;
         float *w = u + n;
         int32_t *idx = (int32_t *)(w + T);
         float *acc = (float *)(idx + T);
-        BY_PATH(sav_topk, scores + kv * g * T, g, T, p0, n, k, v, vtype, vrb, KV, d, kv, m, u, w, idx, acc, l);
+        const int64_t i = grp / KV;
+        const int64_t kv = grp % KV;
+        BY_PATH(sav_topk, group_rows(scores, i, kv, nq, H, KV, T, kv_major), g, T, p0, n, k, v, vtype, vrb, KV, d,
+                kv, m, u, w, idx, acc, l);
         for (int64_t h = 0; h < g; h++) {
             const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
-            for (int64_t e = 0; e < d; e++) out[(kv * g + h) * d + e] = acc[h * d + e] * inv;
+            for (int64_t e = 0; e < d; e++) out[(i * H + kv * g + h) * d + e] = acc[h * d + e] * inv;
         }
     });
     free(work);
@@ -407,8 +420,8 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
     /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */
     BY_PATH(qk_rows, q, kf, 1, H, KV, d, T, 0, S, scores);
     BY_PATH(qk_rows, q, kf + S * KV * d, 1, H, KV, d, T, 0, nwin, scores + S + P);
-    if (topk > 0 && topk < P) return topk_softmax_av(scores, v, vtype, vrb, H, KV, d, T, S, P, topk, out);
-    return softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, out);
+    if (topk > 0 && topk < P) return topk_softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, S, P, topk, 0, out);
+    return softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, 0, out);
 }
 
 /* float -> IEEE half, round to nearest even (numpy's astype(float16)) */
@@ -471,15 +484,26 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
 
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
                         long long d, long long T, float *out) {
-    if (nq < 0 || T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV) return -3;
-    return softmax_av(scores, (const uint8_t *)v, F16, 2 * d, nq, H, KV, d, T, out);
+    return svdq_softmax_av(scores, (const unsigned char *)v, F16, nq, H, KV, d, T, 0, 0, 0, 0, out);
+}
+
+int svdq_softmax_av(float *scores, const unsigned char *v, int vtype, long long nq, long long H, long long KV,
+                    long long d, long long T, long long p0, long long n, long long k, int kv_major, float *out) {
+    if (nq < 0 || T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV || p0 < 0 || n < 0 || p0 + n > T || k < 0)
+        return -3;
+    if (vtype != F16 && vtype != Q8_0 && vtype != Q4_0) return -1;
+    if (vtype != F16 && d > 1024) return -3;
+    const int64_t vrb = type_row_bytes(vtype, d);            /* bytes of one head's V row */
+    if (vrb < 0) return -2;
+    if (k > 0 && k < n) return topk_softmax_av(scores, v, vtype, vrb, nq, H, KV, d, T, p0, n, k, kv_major != 0, out);
+    return softmax_av(scores, v, vtype, vrb, nq, H, KV, d, T, kv_major != 0, out);
 }
 
 /* softmax.V for nq queries over V rows of type vtype (vrb bytes per head row): work items are
  * (query, KV head, token chunk); each chunk keeps its own max, sum and (g, d) accumulator, merged
  * here with the factors exp(m_c - M) */
 static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
-                      int64_t d, int64_t T, float *out) {
+                      int64_t d, int64_t T, int kv_major, float *out) {
     const int64_t g = H / KV, groups = nq * KV;
     if (groups == 0) return 0;
     const int nt = svdq_get_threads();
@@ -498,7 +522,7 @@ static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, i
         const int64_t t1 = T * (c + 1) / nch;
         const int64_t kv = grp % KV;
         const int64_t i = grp / KV;
-        BY_PATH(sav_chunk, scores + (i * H + kv * g) * T, g, T, t0, t1, v, vtype, vrb, KV, d, kv,
+        BY_PATH(sav_chunk, group_rows(scores, i, kv, nq, H, KV, T, kv_major), g, T, t0, t1, v, vtype, vrb, KV, d, kv,
                 idx + grp * T + t0, acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
     });
     for (int64_t grp = 0; grp < groups; grp++) {

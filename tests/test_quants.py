@@ -431,3 +431,51 @@ def test_native_topk_mask_matches_oracle(n, H, KV, T, p0, P, k):
         assert np.array_equal(got, want), (p, int((got != want).sum()))
     with pytest.raises(ValueError, match="do not match"):
         cpu_c.topk_group_mask(s, p0, T - p0 + 1, H // KV, k)     # packed range past the end
+
+
+@pytest.mark.parametrize("vtype", [T.F16, T.Q8_0, T.Q4_0])
+@pytest.mark.parametrize("n,H,KV,Tn,p0,P,k", [(5, 14, 2, 700, 4, 640, 100), (3, 8, 1, 300, 0, 300, 0),
+                                             (4, 6, 3, 90, 2, 80, 79), (2, 4, 2, 2000, 4, 1900, 37)])
+def test_batch_softmax_av_matches_oracle(n, H, KV, Tn, p0, P, k, vtype):
+    """A prefill pass's softmax.V (scores per KV head, f16 or Q8_0 / Q4_0 V rows, top-k) in C on every
+    path and through the numpy fallback, against top-k masking by svdq_ref and a float64 softmax over
+    V dequantized by gguf.quants: causal -inf in the window, one head fully masked (zero output)."""
+    from svdq_edge import kernels
+    from svdq_edge.kernels import cpu_c, svdq_ref
+    rng = np.random.default_rng(Tn + k + int(vtype))
+    d, g = 64, H // KV
+    s = (rng.standard_normal((n, H, Tn)) * 3).astype(np.float32)
+    s[:, :, p0:p0 + P:3] = np.round(s[:, :, p0:p0 + P:3])        # ties
+    s[1:, :, p0 + P + 1:] = -np.inf                            # causal: later window tokens hidden
+    s[0, 1] = -np.inf                                          # a head with nothing to attend
+    vf = rng.standard_normal((Tn * KV, d)).astype(np.float32)
+    rows = np.ascontiguousarray(gguf_quantize(vf, vtype)).view(np.uint8 if vtype != T.F16 else np.float16)
+    v = rows.reshape(Tn, KV, -1)                                              # (Tn, KV, d) f16 or (Tn, KV, bytes)
+    vd = gguf_dequantize(rows.view(np.uint8), vtype).reshape(Tn, KV, d).astype(np.float64)
+    m = s.copy()
+    svdq_ref.topk_group_mask(m, p0, P, g, k)
+    m64 = m.astype(np.float64)
+    mx = m64.max(axis=2, keepdims=True)
+    w = np.exp(m64 - np.where(np.isfinite(mx), mx, 0.0))                     # (n, H, Tn); masked rows all 0
+    w /= np.maximum(w.sum(axis=2, keepdims=True), 1e-300)
+    want = np.einsum("nkgt,tkd->nkgd", w.reshape(n, KV, g, Tn), vd).reshape(n, H, d)
+    kvmajor = np.ascontiguousarray(s.reshape(n, KV, g, Tn).transpose(1, 0, 2, 3))   # (KV, n, g, Tn)
+    tol = 1e-4 * np.abs(vd).max()
+    for p in cpu_c.cpu_paths():
+        cpu_c.set_path(p)
+        try:
+            got = cpu_c.softmax_av(kvmajor.copy(), v, int(vtype), p0, P, k)
+        finally:
+            cpu_c.set_path(None)
+        assert np.abs(got - want).max() < tol, p
+    was = kernels.backend_name()
+    kernels.use_backend("numpy")
+    try:
+        got = kernels.softmax_av(kvmajor.copy(), v, int(vtype), p0, P, k)
+    finally:
+        kernels.use_backend(was)
+    assert np.abs(got - want).max() < tol
+    with pytest.raises(ValueError, match="do not match"):
+        cpu_c.softmax_av(kvmajor, v[:-1], int(vtype), p0, P, k)
+    with pytest.raises(ValueError, match="softmax_av: bad size"):
+        cpu_c.softmax_av(kvmajor, v, int(vtype), p0, Tn - p0 + 1, k)          # packed range past the end

@@ -1,8 +1,10 @@
 """Where a decode step's time goes at depth, without the long prefill: every layer's cache is
 filled straight through cache.append with synthetic keys and values (random, with a decaying
 spectrum like real keys; timing does not depend on the values), then STEPS decode steps of the
-real model run under cProfile. Prints ms per step and the top functions by own time.
+real model run under cProfile. Prints ms per step and the top functions by own time. With
+--prefill N, one prefill batch of N tokens at that depth is timed and profiled instead.
     python tools/decode_profile.py DEPTH [STEPS] [-ctk svdq] [-ctv q4_0] [--svdq-topk 1024] [--model qwen]
+    python tools/decode_profile.py DEPTH --prefill 512
 Use it to find what to speed up; the figures to report come from tools/llamacpp_bench.py.
 """
 import argparse
@@ -33,10 +35,12 @@ ap.add_argument("--svdq-topk", type=float, default=None)
 ap.add_argument("--model", default="qwen")
 ap.add_argument("-t", type=int, default=2)
 ap.add_argument("--top", type=int, default=25)
+ap.add_argument("--prefill", type=int, default=0, help="time one prefill batch of this many tokens")
 a = ap.parse_args()
 kernels.set_threads(a.t)
-opts = CacheOptions(ctk=a.ctk, ctv=a.ctv, svdq=SVDqConfig(topk=a.svdq_topk))
-m = Model(ROOT / MODELS.get(a.model, a.model), n_ctx=a.depth + a.steps + 64, cache_options=opts)
+opts = CacheOptions(ctk=a.ctk, ctv=a.ctv,
+                    svdq=SVDqConfig() if a.svdq_topk is None else SVDqConfig(topk=a.svdq_topk))
+m = Model(ROOT / MODELS.get(a.model, a.model), n_ctx=a.depth + max(a.steps, a.prefill) + 64, cache_options=opts)
 m.feed([1, 2, 3, 4, 5, 6, 7, 8])                                # compile / warm up
 m.reset()
 rng = np.random.default_rng(0)
@@ -51,6 +55,20 @@ for c in m.model.caches:
         c.append(k, v)
 m.tokens = rng.integers(100, 1000, a.depth).tolist()
 print(f"synthetic fill of {a.depth} tokens: {time.perf_counter() - t0:.1f} s, KV {m.kv_nbytes() / 2**20:.1f} MiB")
+if a.prefill:
+    import resource
+    new = rng.integers(100, 1000, a.prefill).tolist()
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    pr.enable()
+    m.feed(m.tokens + new)
+    pr.disable()
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"prefill of {a.prefill} at depth {a.depth}: {dt:.2f} s = {a.prefill / dt:.1f} tok/s (profiled); "
+          f"peak RSS {rss:.0f} MiB")
+    pstats.Stats(pr).sort_stats("tottime").print_stats(a.top)
+    sys.exit(0)
 toks = rng.integers(100, 1000, a.steps).tolist()
 for t in toks[:4]:
     m.step(t)

@@ -173,7 +173,7 @@ def block_elems(qtype: int) -> int:
 # copies of the keys/values (or of the latent codes, dequantized once for all the queries); a
 # single decode query reads the f16 / packed cache directly in the native kernels.
 BATCH_QUERIES = 16
-SCORE_BYTES = 32 << 20      # a prefill pass's (queries, H, T) float32 scores: at most this (peak RSS at long context)
+SCORE_BYTES = 16 << 20      # a prefill pass's (queries, H, T) float32 scores: at most this (peak RSS at long context)
 
 
 def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, qt: np.ndarray,
@@ -295,11 +295,38 @@ def _attention_blas(q, k, v, scale, q_pos0, k_pos0, window):
 def _softmax_av_blas(s, v, n, H):
     """s: float32 (KV, n*g, T) scores (-inf masked), v: f16 or f32 (T, KV, d) -> (n, H, d)."""
     KV, d = v.shape[1], v.shape[2]
-    s -= s.max(axis=2, keepdims=True)
+    m = s.max(axis=2, keepdims=True)                                           # (KV, n*g, 1)
+    s -= np.maximum(m, np.float32(-3e38), out=m)        # a fully masked row: weights 0, output 0
     np.exp(s, out=s)
     den = s.sum(axis=2, keepdims=True)                                         # (KV, n*g, 1)
+    np.maximum(den, np.float32(1e-30), out=den)
     o = np.matmul(s, v.astype(np.float32, copy=False).transpose(1, 0, 2)) / den   # (KV, n*g, d)
     return np.ascontiguousarray(o.reshape(KV, n, H // KV, d).transpose(1, 0, 2, 3)).reshape(n, H, d)
+
+
+def softmax_av(scores: np.ndarray, v: np.ndarray, vtype: int, p0: int = 0, P: int = 0, k: int = 0) -> np.ndarray:
+    """softmax.V of a batch of queries scored per KV head: scores float32 (KV, n, g, T) C-contiguous
+    (-inf = masked; overwritten), v (T, KV, d) V rows of GGML type vtype: float32 (0), float16 (1), or
+    Q8_0 / Q4_0 blocks (8, 2; uint8 rows); with 0 < k < P each query's KV head group keeps only its k
+    best tokens of [p0, p0 + P) (topk_group_mask) -> (n, H, d). The native kernel computes weights
+    and reads V rows only for the kept tokens; elsewhere the mask, then BLAS."""
+    KV, n, g, T = scores.shape
+    mod = backend()
+    if vtype in (1, 2, 8) and hasattr(mod, "softmax_av"):
+        return mod.softmax_av(scores, v, vtype, p0, P, k)
+    topk_group_mask(scores.reshape(KV * n, g, T), p0, P, g, k)                  # one group per row block
+    if vtype not in (0, 1):
+        v, _ = batch_v_rows(v, vtype, v.shape[2] // LAYOUTS[vtype][1] * LAYOUTS[vtype][0])
+    return _softmax_av_blas(scores.reshape(KV, n * g, T), v, n, KV * g)
+
+
+def batch_v_rows(v: np.ndarray, vtype: int, d: int) -> tuple[np.ndarray, int]:
+    """V rows (T, KV, .) of GGML type vtype as softmax_av reads them on this backend: as they are
+    where it reads that type, else dequantized to float32 (T, KV, d) once for all score passes."""
+    if vtype in (0, 1) or hasattr(backend(), "softmax_av"):
+        return v, vtype
+    T, KV = v.shape[:2]
+    return dequantize_rows(v.reshape(T * KV, -1), vtype, d).reshape(T, KV, d), 0
 
 
 def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:

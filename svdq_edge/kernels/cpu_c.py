@@ -244,6 +244,23 @@ def topk_group_mask(s: np.ndarray, p0: int, P: int, g: int, k: int) -> None:
     _ok(lib.svdq_topk_mask(_ptr(s, "float *"), n, H, H // g, T, p0, P, max(int(k), 0)), "topk mask")
 
 
+def softmax_av(scores: np.ndarray, v: np.ndarray, vtype: int, p0: int, P: int, k: int) -> np.ndarray:
+    """kernels.softmax_av in C: scores float32 (KV, n, g, T) C-contiguous (overwritten), v (T, KV, d)
+    float16 or (T, KV, row bytes) uint8 Q8_0 / Q4_0 rows -> (n, H, d); with 0 < k < P each query's
+    group keeps its k best tokens of [p0, p0 + P)."""
+    KV, n, g, T = scores.shape
+    d = v.shape[2] if vtype == 1 else v.shape[2] // row_bytes(vtype, 32) * 32
+    if (scores.dtype != np.float32 or not scores.flags.c_contiguous or v.shape[:2] != (T, KV) or
+            not v.flags.c_contiguous or v.dtype != (np.float16 if vtype == 1 else np.uint8) or
+            (vtype != 1 and v.shape[2] != row_bytes(vtype, d))):
+        raise ValueError(f"softmax_av: scores {scores.dtype} {scores.shape} and v {v.dtype} {v.shape} (type {vtype}) "
+                         "do not match")
+    out = np.empty((n, KV * g, d), np.float32)                                   # (n, H, d)
+    _ok(lib.svdq_softmax_av(_ptr(scores, "float *"), _ptr(v.view(np.uint8), "unsigned char *"), int(vtype), n,
+                            KV * g, KV, d, T, p0, P, max(int(k), 0), 1, _ptr(out, "float *")), "softmax_av")
+    return out
+
+
 def quantize_rows(x: np.ndarray, qtype: int) -> np.ndarray:
     """x float32 (n, k) -> uint8 (n, row bytes): GGML Q8_0 / Q4_0 blocks, gguf.quants.quantize's values."""
     x = np.ascontiguousarray(x, np.float32)

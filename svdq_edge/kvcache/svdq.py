@@ -25,6 +25,9 @@ from .svdq_config import SVDqConfig
 V_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}     # -ctv -> GGML type of the V rows
 
 
+REBUILD_BLOCKS = 16          # packed blocks rebuilt per step of _rebuilt_keys (bounds its temporaries)
+
+
 class SVDqCache:
     def __init__(self, spec: CacheSpec, basis: LayerBasis, cfg: SVDqConfig, ctv: str = "f16"):
         cfg.validate()
@@ -193,7 +196,9 @@ class SVDqCache:
         if self.nblk == 0:
             return out
         if self._rebuilds(n):
-            out[...] = self._rebuilt_scores(q, self._rebuilt_keys())
+            t = self.nblk * self.B
+            sc = self._rebuilt_scores(q, self._rebuilt_keys(), np.empty((KV, n * grp, t), np.float32))
+            out[...] = sc.reshape(KV, n, grp, t).transpose(1, 0, 2, 3).reshape(n, H, t)
             return out
         if not self.cfg.per_head and not self.cfg.pre_rope:
             # per-layer basis: head h reads rows kv*d..(kv+1)*d of V and mu (its KV head's slot)
@@ -243,33 +248,39 @@ class SVDqCache:
         return not self.cfg.pre_rope and (n >= kernels.BATCH_QUERIES or bool(self.rb and self.cfg.per_head))
 
     def _rebuilt_keys(self) -> np.ndarray:
-        """The packed keys rebuilt, (nblk*B, KV, d) float32, at their positions (post-RoPE frame, or
-        the relative frame's keys rotated forward by their block centres)."""
-        KV, d = self.spec.n_kv, self.spec.head_dim
-        t = self.nblk * self.B
-        kp = np.empty((t, KV, d), np.float32)                                          # (t, KV, d)
-        for g in range(self.G):
-            z = svdq_ref.dequantize_all([c[g, :self.nblk] for c in self.codes], self.scale[g, :self.nblk],
-                                        self.mn[g, :self.nblk], self.B)                 # (t, r)
-            kg = z @ self.Vf[g].T + self.muf[g]                                        # (t, D)
-            if self.cfg.per_head:
-                kp[:, g] = kg
-            else:
-                kp[...] = kg.reshape(t, KV, d)
-        if self.rb:
-            S = self.cfg.sinks
-            kp = self.spec.rope.apply_at(kp, block_centers(S, t, self.rb, S))
+        """The packed keys rebuilt, (KV, nblk*B, d) float32, at their positions (post-RoPE frame, or
+        the relative frame's keys rotated forward by their block centres). Rebuilt REBUILD_BLOCKS
+        blocks at a time, so the temporaries stay small at any depth."""
+        KV, d, B = self.spec.n_kv, self.spec.head_dim, self.B
+        t = self.nblk * B
+        kp = np.empty((KV, t, d), np.float32)                                          # (KV, t, d)
+        pos = block_centers(self.cfg.sinks, t, self.rb, self.cfg.sinks) if self.rb else None   # (t,)
+        for b0 in range(0, self.nblk, REBUILD_BLOCKS):
+            b1 = min(self.nblk, b0 + REBUILD_BLOCKS)
+            k = np.empty(((b1 - b0) * B, KV, d), np.float32)                           # (c, KV, d)
+            for g in range(self.G):
+                z = svdq_ref.dequantize_all([c[g, b0:b1] for c in self.codes], self.scale[g, b0:b1],
+                                            self.mn[g, b0:b1], B)                      # (c, r)
+                kg = z @ self.Vf[g].T + self.muf[g]                                    # (c, D)
+                if self.cfg.per_head:
+                    k[:, g] = kg
+                else:
+                    k[...] = kg.reshape(-1, KV, d)
+            if self.rb:
+                k = self.spec.rope.apply_at(k, pos[b0 * B:b1 * B])
+            kp[:, b0 * B:b1 * B] = k.transpose(1, 0, 2)
         return kp
 
-    def _rebuilt_scores(self, q: np.ndarray, kp: np.ndarray) -> np.ndarray:
-        """q (n, H, d) -> (n, H, t) scores of the rebuilt packed keys kp (t, KV, d)."""
+    @staticmethod
+    def _rebuilt_scores(q: np.ndarray, kp: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """q (n, H, d) . rebuilt packed keys kp (KV, t, d) -> out (KV, n*g, t), a view with unit
+        column stride (the packed columns of a pass's scores): one BLAS call per KV head, in place."""
         n, H, d = q.shape
-        KV = self.spec.n_kv
-        grp = H // KV
-        t = kp.shape[0]
-        qg = q.reshape(n, KV, grp, d).transpose(1, 0, 2, 3).reshape(KV, n * grp, d)
-        sc = np.matmul(qg, kp.transpose(1, 2, 0))                                      # (KV, n*grp, t)
-        return sc.reshape(KV, n, grp, t).transpose(1, 0, 2, 3).reshape(n, H, t)
+        KV = kp.shape[0]
+        qg = np.ascontiguousarray(q.reshape(n, KV, H // KV, d).transpose(1, 0, 2, 3)).reshape(KV, -1, d)
+        for kv in range(KV):
+            np.matmul(qg[kv], kp[kv].T, out=out[kv])
+        return out
 
     def _prerope_scores(self, qg, g, codes):
         """Pre-RoPE basis: rebuild each packed key (r*D multiply-adds), rotate it to its position,
@@ -311,24 +322,16 @@ class SVDqCache:
                 return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores,
                             rot, self.vtype)[None]
         # a prefill chunk: queries in passes of bounded score memory, the packed keys rebuilt once
-        # for all passes where that path scores them
+        # for all passes where that path scores them, V rows read as held where the backend can
         kp = self._rebuilt_keys() if t_pack and self._rebuilds(n) else None
-        v = self._v_rows()                                                             # (T, KV, d)
-        return kernels.in_score_passes(q, S + t_pack + n_win, lambda qi, i: self._attend_rows(qi, q0 + i, kp, v))
+        v, vtype = kernels.batch_v_rows(self.v[:self.offset], self.vtype, d)           # (T, KV, .)
+        return kernels.in_score_passes(q, S + t_pack + n_win,
+                                       lambda qi, i: self._attend_rows(qi, q0 + i, kp, v, vtype))
 
-    def _v_rows(self) -> np.ndarray:
-        """V of the held tokens (T, KV, d): the f16 rows (a view), or quantized rows dequantized to
-        float32 once per call."""
-        if self.vtype == 1:
-            return self.v[:self.offset]
-        KV, d = self.spec.n_kv, self.spec.head_dim
-        flat = self.v[:self.offset].reshape(self.offset * KV, -1)
-        return kernels.dequantize_rows(flat, self.vtype, d).reshape(self.offset, KV, d)
-
-    def _attend_rows(self, q: np.ndarray, q0: int, kp: np.ndarray | None, v: np.ndarray) -> np.ndarray:
-        """Scaled queries q (n, H, d) at positions q0.. over every held token, v (T, KV, d) ->
-        (n, H, d); kp: the packed keys rebuilt by _rebuilt_keys, or None to score them in the
-        latent space."""
+    def _attend_rows(self, q: np.ndarray, q0: int, kp: np.ndarray | None, v: np.ndarray, vtype: int) -> np.ndarray:
+        """Scaled queries q (n, H, d) at positions q0.. over every held token, V rows v (T, KV, .) of
+        GGML type vtype -> (n, H, d); kp: the packed keys rebuilt by _rebuilt_keys, or None to score
+        them in the latent space."""
         n, H, d = q.shape
         KV = self.spec.n_kv
         grp = H // KV
@@ -343,26 +346,29 @@ class SVDqCache:
             s_full = np.matmul(q.reshape(n, KV, grp, d), kf.transpose(1, 2, 0)).reshape(n, H, -1)
         else:
             s_full = kernels.scores_f16(q, self.kfull[rows])                          # (n, H, S+win)
-        # scores by position: sinks | packed | window
-        scores = np.empty((n, H, S + t_pack + n_win), np.float32)                      # (n, H, T)
-        scores[:, :, :S] = s_full[:, :, :S]
-        scores[:, :, S + t_pack:] = s_full[:, :, S:]
+        # scores by position, sinks | packed | window, per KV head: each head's (n*grp, T) block is
+        # one matrix that BLAS writes the packed columns of in place
+        T = S + t_pack + n_win
+        scores = np.empty((KV, n, grp, T), np.float32)                                  # (KV, n, g, T)
+        sf = s_full.reshape(n, KV, grp, -1).transpose(1, 0, 2, 3)                       # (KV, n, g, S+win)
+        scores[..., :S] = sf[..., :S]
+        scores[..., S + t_pack:] = sf[..., S:]
         if t_pack:
             if kp is not None:
-                scores[:, :, S:S + t_pack] = self._rebuilt_scores(q, kp)
+                self._rebuilt_scores(q, kp, scores.reshape(KV, n * grp, T)[:, :, S:S + t_pack])
             else:
-                self._packed_scores(q, out=scores[:, :, S:S + t_pack])
+                packed = self._packed_scores(q, np.empty((n, H, t_pack), np.float32))    # (n, H, t)
+                scores[..., S:S + t_pack] = packed.reshape(n, KV, grp, t_pack).transpose(1, 0, 2, 3)
         if n > 1:
             # causal mask (a single decode query sees every stored token). Packed keys were
             # flushed by an earlier append, so all precede the batch: only sinks and window mask
             qpos = q0 + np.arange(n)                                                   # (n,)
-            for cols, kpos in ((scores[:, :, :S], np.arange(S)), (scores[:, :, S + t_pack:], win_pos)):
+            for cols, kpos in ((scores[..., :S], np.arange(S)), (scores[..., S + t_pack:], win_pos)):
                 mask = kpos[None, :] > qpos[:, None]                                   # (n, t)
                 if mask.any():
-                    cols[np.broadcast_to(mask[:, None, :], cols.shape)] = -np.inf
-        kernels.topk_group_mask(scores, S, t_pack, grp, self._topk(t_pack))
-        # softmax and V accumulation; V rows are read only for tokens with nonzero weight
-        return kernels.softmax_av_f16(scores, v)
+                    cols[np.broadcast_to(mask[None, :, None, :], cols.shape)] = -np.inf
+        # top-k, softmax and V accumulation: V rows are read only for kept tokens
+        return kernels.softmax_av(scores, v, vtype, S, t_pack, self._topk(t_pack))
 
     def _topk(self, t_pack: int) -> int:
         """Packed tokens kept per KV head group by --svdq-topk (a count or a fraction); 0 = all."""
