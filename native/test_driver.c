@@ -14,7 +14,8 @@
 #include <string.h>
 #include "svdq_edge.h"
 
-enum { OP_MATMUL = 1, OP_DEQUANT = 2, OP_GET_ROWS = 3, OP_LATENT = 4, OP_QK = 5, OP_SOFTMAX_AV = 6, OP_LATENT_ATTEND = 7 };
+enum { OP_MATMUL = 1, OP_DEQUANT = 2, OP_GET_ROWS = 3, OP_LATENT = 4, OP_QK = 5, OP_SOFTMAX_AV = 6, OP_LATENT_ATTEND = 7,
+       OP_SOFTMAX_AV_ROWS = 8 };
 #define MAXBUF 14
 #define NPARAM 16
 
@@ -31,6 +32,7 @@ static int64_t out_count(int64_t op, const int64_t *p) {
     case OP_QK: c = p[0] * p[1] * p[4]; break;              /* (nq, H, T) */
     case OP_SOFTMAX_AV: c = p[0] * p[1] * p[3]; break;      /* (nq, H, d) */
     case OP_LATENT_ATTEND: c = p[6] * p[8]; break;          /* (H, d) */
+    case OP_SOFTMAX_AV_ROWS: c = p[0] * p[1] * p[3]; break; /* (nq, H, d) */
     default: c = 0;
     }
     return c > 0 ? c : 0;
@@ -81,6 +83,13 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
                                   p[4], p[5], (const unsigned short *)b[8], p[9], p[10], b[9], (int)p[15],
                                   p[11], nbytes[11] ? (const float *)b[11] : NULL,
                                   nbytes[12] ? (const float *)b[12] : NULL, p[14], p[12], (int)p[13], (float *)b[10], out);
+    }
+    case OP_SOFTMAX_AV_ROWS: {  /* p: nq, H, KV, d, T, vtype, p0, n, k, kv_major; b: scores float (nq, H, T)
+                                 * or (KV, nq, H/KV, T), v (T, KV, d) f16 bits or Q8_0 / Q4_0 rows */
+        const int64_t vrow = p[5] == 8 ? p[3] / 32 * 34 : p[5] == 2 ? p[3] / 32 * 18 : 2 * p[3];
+        if (nbuf != 2 || nbytes[0] != 4 * p[0] * p[1] * p[4] || nbytes[1] != p[4] * p[2] * vrow) return -101;
+        return svdq_softmax_av((float *)b[0], b[1], (int)p[5], p[0], p[1], p[2], p[3], p[4], p[6], p[7], p[8],
+                               (int)p[9], out);
     }
     default:
         return -101;

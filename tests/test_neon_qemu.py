@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
 from test_quants import FLOATS, QTYPES, random_blocks
 
 from svdq_edge.kernels import ref, svdq_ref
@@ -30,7 +32,8 @@ from svdq_edge.rope import RoPE
 
 NATIVE = Path(__file__).resolve().parent.parent / "native"
 CFLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fopenmp", "-I", str(NATIVE)]
-OP = {"matmul": 1, "dequant": 2, "get_rows": 3, "latent": 4, "qk": 5, "softmax_av": 6, "latent_attend": 7}
+OP = {"matmul": 1, "dequant": 2, "get_rows": 3, "latent": 4, "qk": 5, "softmax_av": 6, "latent_attend": 7,
+      "softmax_av_rows": 8}
 SCALAR, AVX2, AVX512, NEON, NEON_DOT, AUTO = 0, 1, 2, 3, 4, -1
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
@@ -244,6 +247,27 @@ def build_cases() -> list[Case]:
         want = np.einsum("nht,thd->nhd", p, np.repeat(v.astype(np.float64), H // KV, axis=1))
         cases.append(Case("attention", f"softmax_av {nq},{H},{KV},{d},{Tn}", "softmax_av", [nq, H, KV, d, Tn],
                           [s, v.view(np.uint16)], _expect_close(want, np.abs(v).astype(np.float64).max())))
+    # a prefill pass's softmax.V: scores per KV head, f16 / Q8_0 / Q4_0 V rows, top-k over the packed
+    # range (ties at the cut), causal -inf in the window, one head fully masked
+    for nq, H, KV, Tn, p0, P, k, vt in [(3, 14, 2, 700, 4, 640, 100, T.Q4_0), (2, 8, 1, 300, 0, 300, 0, T.Q8_0),
+                                        (4, 6, 3, 90, 2, 80, 79, T.F16), (2, 4, 2, 2000, 4, 1900, 37, T.Q8_0)]:
+        d, g = 64, H // KV
+        s = (rng.standard_normal((nq, H, Tn)) * 3).astype(np.float32)
+        s[:, :, p0:p0 + P:3] = np.round(s[:, :, p0:p0 + P:3])
+        s[1:, :, p0 + P + 1:] = -np.inf
+        s[0, 1] = -np.inf
+        rows = np.ascontiguousarray(gguf_quantize(rng.standard_normal((Tn * KV, d)).astype(np.float32), vt))
+        vd = gguf_dequantize(rows.view(np.uint8), vt).reshape(Tn, KV, d).astype(np.float64)
+        m = s.astype(np.float64)
+        svdq_ref.topk_group_mask(m, p0, P, g, k)
+        mx = m.max(axis=2, keepdims=True)
+        w = np.exp(m - np.where(np.isfinite(mx), mx, 0.0))
+        w /= np.maximum(w.sum(axis=2, keepdims=True), 1e-300)
+        want = np.einsum("nkgt,tkd->nkgd", w.reshape(nq, KV, g, Tn), vd).reshape(nq, H, d)
+        kvmajor = np.ascontiguousarray(s.reshape(nq, KV, g, Tn).transpose(1, 0, 2, 3))
+        cases.append(Case("attention", f"softmax_av rows {nq},{H},{KV},{Tn} k={k} {vt.name}", "softmax_av_rows",
+                          [nq, H, KV, d, Tn, int(vt), p0, P, k, 1], [kvmajor, rows.view(np.uint8)],
+                          _expect_close(want, np.abs(vd).max(), 1e-4)))
     # f16 conversion bit-exact: one-hot queries read single keys, T = 1 makes softmax.V copy V;
     # subnormals, -0 (read back as +0, since sums start at +0), the largest f16
     for d in (16, 19):
@@ -273,6 +297,8 @@ def build_cases() -> list[Case]:
               np.zeros(4, np.uint16), np.zeros(4, np.uint16), np.zeros(2, np.float32)], _expect_error(-3)),
         Case("errors", "heads not a multiple of kv heads", "qk", [1, 3, 2, 8, 4],
              [np.zeros(24, np.float32), np.zeros(64, np.uint16)], _expect_error(-3)),
+        Case("errors", "top-k range past the end", "softmax_av_rows", [1, 2, 1, 32, 4, int(T.Q8_0), 2, 3, 1, 1],
+             [np.zeros(8, np.float32), np.zeros(4 * 34, np.uint8)], _expect_error(-3)),
     ]
     return cases
 
