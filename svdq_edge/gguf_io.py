@@ -19,6 +19,11 @@ class _Cut(Exception):
     pass
 
 
+# metadata never used here, stepped over instead of built: the BPE tokenizer ranks merges by
+# token id (tokenizer.py), so Qwen's 151k merge strings would only cost memory (about 12 MiB)
+UNREAD_KEYS = frozenset({"tokenizer.ggml.merges"})
+
+
 class _Header:
     """A fast GGUF v2/v3 header parser (metadata + tensor infos). gguf.GGUFReader builds a numpy
     view per array element and takes ~14 s on Gemma's 262k-token vocabulary; this reads the same
@@ -50,6 +55,22 @@ class _Header:
     def string(self) -> str:
         n = self.u64()
         return bytes(self.take(n)).decode("utf-8", errors="replace")
+
+    def skip(self, vtype: int) -> None:
+        """Step over a value without building it (bounds still checked)."""
+        if vtype == GGUFValueType.STRING:
+            self.take(self.u64())
+        elif vtype == GGUFValueType.ARRAY:
+            etype, n = self.u32(), self.u64()
+            if etype in self._SCALARS:
+                self.take(n * np.dtype(self._SCALARS[etype]).itemsize)
+            else:
+                for _ in range(n):
+                    self.skip(etype)
+        elif vtype in self._SCALARS:
+            self.take(np.dtype(self._SCALARS[vtype]).itemsize)
+        else:
+            raise ValueError(f"unknown metadata value type {vtype}")
 
     def value(self, vtype: int):
         if vtype == GGUFValueType.STRING:
@@ -103,7 +124,10 @@ class GGUFFile:
             self.fields = {}
             for _ in range(n_kv):
                 key = h.string()
-                self.fields[key] = h.value(h.u32())
+                if key in UNREAD_KEYS:
+                    h.skip(h.u32())
+                else:
+                    self.fields[key] = h.value(h.u32())
             infos = []
             for _ in range(n_tensors):
                 t = TensorInfo()

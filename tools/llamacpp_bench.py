@@ -6,7 +6,8 @@ git-ignored folder, separate from the project's virtualenv:
     python tools/llamacpp_bench.py setup                  # pip download + cmake, -j2; skipped if built
     python tools/llamacpp_bench.py run qwen               # depths 0,4096,16384,32768 (slow: ~hours)
     python tools/llamacpp_bench.py run gemma -d 0,4096 --ctk f16,q4_0 --reps 1
-    python tools/llamacpp_bench.py run qwen -d 16384,32768 --merge   # add depths to the stored JSON
+    python tools/llamacpp_bench.py run qwen -d 16384,32768 --merge   # add to the stored JSON (a
+                                                          # configuration run again replaces its rows)
     python tools/llamacpp_bench.py table qwen             # re-print the table / plot from the JSON
 
 `run` alternates, depth by depth, llama-bench (f16 / q8_0 / q4_0 caches, flash attention off and on)
@@ -275,17 +276,25 @@ def cmd_run(a) -> None:
                        "(kv_bytes). Both for tokens held at the end of the test (depth + n)."),
            "steps": [], "rows": []}
     if a.merge and out.exists():
-        # keep the stored results of (runtime, depth) pairs this invocation does not re-measure
+        # keep every stored result; a configuration measured again replaces its old rows (add_rows)
         old = json.loads(out.read_text())
-        redo = {(rt, d) for d in depths for rt, skip in (("llama.cpp", a.skip_llama), ("svdq-edge", a.skip_svdq))
-                if not skip}
-        doc["steps"] = [x for x in old["steps"] if (x["runtime"], x["depth_requested"]) not in redo]
-        doc["rows"] = [x for x in old["rows"] if (x["runtime"], x["depth_requested"]) not in redo]
+        doc["steps"], doc["rows"] = old["steps"], old["rows"]
         doc["earlier_runs"] = old.get("earlier_runs", []) + [{k: old.get(k) for k in (
             "date", "machine", "git", "note", "tool_command")}]
 
     def save():
         out.write_text(json.dumps(doc, indent=1))
+
+    def ident(r: dict) -> tuple:
+        return r["runtime"], r["depth_requested"], r["cache"], r["fa"], r["test"]
+
+    def add_rows(step: dict, rows: list) -> None:
+        """Record one invocation: its rows replace stored rows of the same runtime, depth, cache,
+        flash attention and test (a --merge re-run), and its step replaces the same command's."""
+        new = {ident(r) for r in rows}
+        doc["rows"] = [r for r in doc["rows"] if ident(r) not in new] + rows
+        doc["steps"] = [x for x in doc["steps"] if x["command"] != step["command"]] + [step]
+        save()
 
     for depth_req in depths:
         p, n = (a.n_prompt, a.n_gen) if depth_req == 0 else (0, a.n_gen_deep)
@@ -302,19 +311,15 @@ def cmd_run(a) -> None:
                     if not fl:
                         continue
                     cmd, rows, err = run_llama_bench(model, ck, cv, fl, p, n, [depth], reps, a.threads)
-                    doc["steps"].append({"runtime": "llama.cpp", "depth_requested": depth_req, "command": shlex.join(cmd),
-                                         "error": err or None, "raw": rows})
-                    for r in rows:
-                        doc["rows"].append({**norm_llama(r, shp), "depth_requested": depth_req})
-                    save()
+                    add_rows({"runtime": "llama.cpp", "depth_requested": depth_req, "command": shlex.join(cmd),
+                              "error": err or None, "raw": rows},
+                             [{**norm_llama(r, shp), "depth_requested": depth_req} for r in rows])
         if not a.skip_svdq:
             for ck in a.svdq_ctk.split(","):
                 cmd, rows, err = run_svdq(model, ck, p, n, depth, reps, a.threads, shlex.split(a.svdq_args))
-                doc["steps"].append({"runtime": "svdq-edge", "depth_requested": depth_req, "command": shlex.join(cmd),
-                                     "error": err or None, "raw": rows})
-                for r in rows:
-                    doc["rows"].append({**norm_svdq(r), "depth_requested": depth_req})
-                save()
+                add_rows({"runtime": "svdq-edge", "depth_requested": depth_req, "command": shlex.join(cmd),
+                          "error": err or None, "raw": rows},
+                         [{**norm_svdq(r), "depth_requested": depth_req} for r in rows])
     doc["machine"]["loadavg_at_end"] = os.getloadavg()
     save()
     print(f"wrote {out.relative_to(ROOT)}")
