@@ -34,14 +34,15 @@ def cache_dir_for(path: Path) -> Path:
 
 
 def release_freed_arrays() -> None:
-    """Keep large arrays in their own mappings, returned to the system when freed. glibc raises its
-    mmap threshold to the size of any large block freed (up to 32 MiB); after that a prefill's
-    score passes and activations come from the heap, and a long fill leaves it fragmented (peak
-    RSS about 100 MiB higher over a 32k-token fill; RESULTS.md). A fixed threshold stops that.
-    No-op where the C library has no mallopt."""
+    """Keep large arrays (4 MiB and up: prefill score passes, activations, rebuilt keys) in their
+    own mappings, returned to the system when freed. glibc raises its mmap threshold to the size of
+    any large block freed (up to 32 MiB); after that a long prefill's temporaries fragment the heap
+    (peak RSS 792 -> 753 MiB over a 32k fill with a 256 KiB threshold; RESULTS.md). Not lower than
+    4 MiB: the native attention's per-call scratch (about 1 MiB at 32k) would then be mapped and
+    faulted in every layer of every decode step (-13% decode at 32k). No-op without mallopt."""
     import ctypes
     try:
-        ctypes.CDLL(None).mallopt(-3, 256 << 10)        # M_MMAP_THRESHOLD = -3, 256 KiB
+        ctypes.CDLL(None).mallopt(-3, 4 << 20)          # M_MMAP_THRESHOLD = -3
     except (OSError, AttributeError):
         pass
 
