@@ -38,6 +38,9 @@ static int64_t out_count(int64_t op, const int64_t *p) {
     return c > 0 ? c : 0;
 }
 
+/* bytes of one head's V row of d values: Q8_0 (8), Q4_0 (2) blocks of 32, else f16 */
+static int64_t v_row_bytes(int64_t vtype, int64_t d) { return vtype == 8 ? d / 32 * 34 : vtype == 2 ? d / 32 * 18 : 2 * d; }
+
 static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64_t *nbytes, int64_t nbuf, float *out) {
     switch (op) {
     case OP_MATMUL:       /* p: qtype, rows, row_bytes, n, k; b: w (rows, row_bytes), x float (n, k) */
@@ -71,7 +74,7 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
                                * Q4_0 blocks, scores float (H, T), then cos, sin float (n_ctx, d/2) (empty
                                * when rb = 0) */
         const int64_t r = p[0] + p[1] + p[2] + p[3], T = p[9] + p[4] * p[5] + p[10];
-        const int64_t vrow = p[15] == 8 ? p[8] / 32 * 34 : p[15] == 2 ? p[8] / 32 * 18 : 2 * p[8];
+        const int64_t vrow = v_row_bytes(p[15], p[8]);
         if (nbuf != 13 || nbytes[0] != p[4] * p[0] * p[5] || nbytes[1] != p[4] * p[1] * p[5] / 2
             || nbytes[2] != p[4] * p[2] * p[5] / 4 || nbytes[3] != p[4] * p[3] * p[5] / 8
             || nbytes[4] != 2 * p[4] * r || nbytes[5] != nbytes[4] || nbytes[6] != 4 * p[6] * p[8]
@@ -86,7 +89,7 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
     }
     case OP_SOFTMAX_AV_ROWS: {  /* p: nq, H, KV, d, T, vtype, p0, n, k, kv_major; b: scores float (nq, H, T)
                                  * or (KV, nq, H/KV, T), v (T, KV, d) f16 bits or Q8_0 / Q4_0 rows */
-        const int64_t vrow = p[5] == 8 ? p[3] / 32 * 34 : p[5] == 2 ? p[3] / 32 * 18 : 2 * p[3];
+        const int64_t vrow = v_row_bytes(p[5], p[3]);
         if (nbuf != 2 || nbytes[0] != 4 * p[0] * p[1] * p[4] || nbytes[1] != p[4] * p[2] * vrow) return -101;
         return svdq_softmax_av((float *)b[0], b[1], (int)p[5], p[0], p[1], p[2], p[3], p[4], p[6], p[7], p[8],
                                (int)p[9], out);

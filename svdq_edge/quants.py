@@ -42,3 +42,13 @@ def row_bytes(qtype: int, n_cols: int) -> int:
     if n_cols % blk:
         raise ValueError(f"row size {n_cols} is not a multiple of {type_name(qtype)} block size {blk}")
     return n_cols // blk * nbytes
+
+
+def row_cols(qtype: int, n_bytes: int) -> int:
+    """Elements in a row of n_bytes (row_bytes inverted); fails loudly on a partial block."""
+    if qtype not in LAYOUTS:
+        raise ValueError(f"unsupported tensor type {type_name(qtype)}")
+    blk, nbytes = LAYOUTS[qtype]
+    if n_bytes % nbytes:
+        raise ValueError(f"row of {n_bytes} bytes is not whole {type_name(qtype)} blocks of {nbytes}")
+    return n_bytes // nbytes * blk

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..quants import LAYOUTS, row_bytes, type_name
+from ..quants import LAYOUTS, row_bytes, row_cols, type_name
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def softmax_av(scores: np.ndarray, v: np.ndarray, vtype: int, p0: int = 0, P: in
         return mod.softmax_av(scores, v, vtype, p0, P, k)
     topk_group_mask(scores.reshape(KV * n, g, T), p0, P, g, k)                  # one group per row block
     if vtype not in (0, 1):
-        v, _ = batch_v_rows(v, vtype, v.shape[2] // LAYOUTS[vtype][1] * LAYOUTS[vtype][0])
+        v, _ = batch_v_rows(v, vtype, row_cols(vtype, v.shape[2]))
     return _softmax_av_blas(scores.reshape(KV, n * g, T), v, n, KV * g)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import svdq_ref
-from ..quants import row_bytes
+from ..quants import row_bytes, row_cols
 
 NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
 PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "neon_dot": 4}
@@ -249,7 +249,7 @@ def softmax_av(scores: np.ndarray, v: np.ndarray, vtype: int, p0: int, P: int, k
     float16 or (T, KV, row bytes) uint8 Q8_0 / Q4_0 rows -> (n, H, d); with 0 < k < P each query's
     group keeps its k best tokens of [p0, p0 + P)."""
     KV, n, g, T = scores.shape
-    d = v.shape[2] if vtype == 1 else v.shape[2] // row_bytes(vtype, 32) * 32
+    d = v.shape[2] if vtype == 1 else row_cols(vtype, v.shape[2])
     if (scores.dtype != np.float32 or not scores.flags.c_contiguous or v.shape[:2] != (T, KV) or
             not v.flags.c_contiguous or v.dtype != (np.float16 if vtype == 1 else np.uint8) or
             (vtype != 1 and v.shape[2] != row_bytes(vtype, d))):
