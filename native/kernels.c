@@ -108,7 +108,9 @@ __attribute__((constructor)) static void fill_code_tables(void) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 #define SFX _avx512
+#define X86_VNNI 1
 #include "kernels_impl.h"
+#undef X86_VNNI
 #undef SFX
 #undef SIMD_X86
 #pragma GCC pop_options
@@ -140,7 +142,8 @@ int svdq_path_supported(int path) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (path == PATH_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (path == PATH_AVX512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (path == PATH_AVX512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                                    __builtin_cpu_supports("avx512vnni");
 #elif defined(__aarch64__)
     if (path == PATH_NEON) return 1;
 #if defined(__ARM_FEATURE_DOTPROD)

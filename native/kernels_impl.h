@@ -105,6 +105,17 @@ static inline __m256i FN(bytes_from_bits_32)(const uint8_t *x) {
     return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
 }
 
+/* 8 int32 lanes, each the dot of 4 unsigned codes a with 4 int8 activation codes x. No int16
+ * saturation can occur in the maddubs form (every caller's |pair sum| <= 2 * 128 * 127), so
+ * VNNI's one-instruction dpbusd (the avx512 path) gives the same bits. */
+static inline __attribute__((always_inline)) __m256i FN(dot4)(__m256i a, __m256i x) {
+#ifdef X86_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, x);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), _mm256_set1_epi16(1));
+#endif
+}
+
 static inline float FN(hsum8)(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -140,14 +151,14 @@ static inline void FN(q4k_scales)(const uint8_t *o, __m256 *scf, __m256 *mnf) {
 }
 
 static inline __m256 FN(sb_q4k)(const uint8_t *o, const int8_t *xb, const __m256 sf) {
-    const __m256i m4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(15);
     __m256i dot[8];
     for (int g = 0; g < 4; g++) {          /* 32 bytes: low nibbles sub-block 2g, high 2g+1 */
         const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + 32 * g));
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb + 64 * g));
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb + 64 * g + 32));
-        dot[2 * g] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(q, m4), x0), ones16);
-        dot[2 * g + 1] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), x1), ones16);
+        dot[2 * g] = FN(dot4)(_mm256_and_si256(q, m4), x0);
+        dot[2 * g + 1] = FN(dot4)(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), x1);
     }
     __m256 scf, mnf;
     FN(q4k_scales)(o, &scf, &mnf);
@@ -241,7 +252,7 @@ static inline uint64_t FN(scales4)(const uint8_t *o, int64_t bb) {
 static inline __m256i FN(blk_q8_0)(const uint8_t *o, const int8_t *x) {
     const __m256i qw = _mm256_loadu_si256((const __m256i *)(o + 2));
     const __m256i qx = _mm256_loadu_si256((const __m256i *)x);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw)), _mm256_set1_epi16(1));
+    return FN(dot4)(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
 }
 
 /* one Q5_0 block as unsigned codes q in 0..31 (the nibble, 0x10 where the 5th bit is set):
@@ -251,7 +262,7 @@ static inline __m256i FN(blk_q5_0)(const uint8_t *o, const int8_t *x) {
     const __m256i qs = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(o + 6)));
     __m256i q = _mm256_and_si256(_mm256_srlv_epi64(qs, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(15));
     q = _mm256_or_si256(q, _mm256_and_si256(FN(bytes_from_bits_32)(o + 2), _mm256_set1_epi8(16)));
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)x)), _mm256_set1_epi16(1));
+    return FN(dot4)(q, _mm256_loadu_si256((const __m256i *)x));
 }
 
 #define BLK(j) (T == Q8_0 ? FN(blk_q8_0)(o + (j) * bb, xt + 32 * (b + (j))) : FN(blk_q5_0)(o + (j) * bb, xt + 32 * (b + (j))))
@@ -328,7 +339,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_bsimd)(const uint8_
 #endif
 static inline __attribute__((always_inline)) void FN(tile_q4k)(const uint8_t *row, const int nt, int64_t k, const int8_t *xt,
         const float *dxt, const int32_t *st, float *res) {
-    const __m256i m4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
+    const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc[TILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k / 256; i++) {
@@ -347,7 +358,7 @@ static inline __attribute__((always_inline)) void FN(tile_q4k)(const uint8_t *ro
             const int8_t *xb = xt + t * k + 256 * i;
             __m256i dot[8];
             for (int j = 0; j < 8; j++)
-                dot[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(qb[j], _mm256_loadu_si256((const __m256i *)(xb + 32 * j))), ones16);
+                dot[j] = FN(dot4)(qb[j], _mm256_loadu_si256((const __m256i *)(xb + 32 * j)));
             const int32_t *s = st + t * (k / 16) + 16 * i;
             const __m256i s0 = _mm256_loadu_si256((const __m256i *)s), s1 = _mm256_loadu_si256((const __m256i *)(s + 8));
             const __m256 sf = _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(s0, s1), 0xD8));
@@ -416,7 +427,7 @@ static inline __attribute__((always_inline)) void FN(unpack_b)(const uint8_t *o,
 static inline __attribute__((always_inline)) __m256i FN(dot_b)(const int T, __m256i a, __m256i sg, const int8_t *x) {
     __m256i qx = _mm256_loadu_si256((const __m256i *)x);
     if (T == Q8_0) qx = _mm256_sign_epi8(qx, sg);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, qx), _mm256_set1_epi16(1));
+    return FN(dot4)(a, qx);
 }
 
 static inline __attribute__((always_inline)) void FN(tile_b)(const uint8_t *row, const int T, const int nt, int64_t k, const int8_t *xt,

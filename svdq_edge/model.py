@@ -81,6 +81,7 @@ class Model:
             lambda p: tk.id_of(p) is not None, piece(tk.bos_id), piece(tk.eos_id), chat_template_file)
         if threads:
             kernels.set_threads(threads)
+        kernels.quiet_blas()
         if self.device == "cuda":
             from .arch.cuda_transformer import CudaTransformer
             self.model = CudaTransformer(self.args, self.weights, n_ctx)

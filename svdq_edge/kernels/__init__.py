@@ -85,6 +85,26 @@ def set_threads(n: int) -> None:
     backend().set_threads(int(n))
 
 
+def quiet_blas() -> None:
+    """Keep OpenBLAS's spinning idle threads off the cores the native kernels' threads need. When
+    numpy loaded OpenBLAS before svdq_edge could shorten their spin (svdq_edge/__init__.py), run
+    OpenBLAS on one thread instead (prefill 548 vs 587 tok/s with the short spin, 310 with neither).
+    Only for the C backend: Numba's and numpy's kernels do not compete with BLAS that way."""
+    global _blas_quiet
+    from .. import BLAS_TIMEOUT_SET
+    if BLAS_TIMEOUT_SET or _blas_quiet or backend_name() != "c":
+        return
+    _blas_quiet = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1, user_api="blas")
+
+
+_blas_quiet = False
+
+
 def cuda_backend():
     """The Numba CUDA kernels for --device cuda, imported only here. Raises SvdqError (one line)
     when numba-cuda is missing or no GPU is visible; NUMBA_ENABLE_CUDASIM=1 runs the simulator."""
@@ -201,15 +221,18 @@ def svdq_score(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarra
 
 
 def scores_f16(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Raw GQA scores q float32 (n, H, d) . k float16 (T, KV, d) -> float32 (n, H, T): the native
-    kernel reads f16 directly for a few queries; batches (and backends without it) use matmul."""
+    """Raw GQA scores q float32 (n, H, d) . k float16 (T, KV, d) -> float32 (KV, n, g, T), laid out
+    per KV head as softmax_av takes them: the native kernel reads f16 directly for a few queries;
+    batches (and backends without it) are one BLAS product per KV head."""
     n, H, d = q.shape
     T, KV, _ = k.shape
+    g = H // KV
     mod = backend()
     if n < BATCH_QUERIES and hasattr(mod, "qk_f16"):
-        return mod.qk_f16(q, np.ascontiguousarray(k))
-    qg = q.reshape(n, KV, H // KV, d)
-    return np.matmul(qg, k.astype(np.float32).transpose(1, 2, 0)).reshape(n, H, T)
+        s = mod.qk_f16(q, np.ascontiguousarray(k))                             # (n, H, T)
+        return np.ascontiguousarray(s.reshape(n, KV, g, T).transpose(1, 0, 2, 3))
+    qs = q.reshape(n, KV, g, d).transpose(1, 0, 2, 3).reshape(KV, n * g, d)
+    return np.matmul(qs, k.astype(np.float32).transpose(1, 2, 0)).reshape(KV, n, g, T)
 
 
 def svdq_scorer(codes: list, scale: np.ndarray, mn: np.ndarray, widths: np.ndarray, block: int):
@@ -271,25 +294,17 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
 
 
 def _attention_blas(q, k, v, scale, q_pos0, k_pos0, window):
-    """attention_f16 for a batch of queries: scores by matmul per KV head, causal mask on the
-    trailing (n, n) corner only (or the full mask with a sliding window), softmax, P @ V."""
-    n, H, d = q.shape
-    T, KV, _ = k.shape
-    g = H // KV
-    qs = (q * np.float32(scale)).reshape(n, KV, g, d).transpose(1, 0, 2, 3).reshape(KV, n * g, d)
-    s = np.matmul(qs, k.astype(np.float32).transpose(1, 2, 0))                 # (KV, n*g, T)
-    s4 = s.reshape(KV, n, g, T)
+    """attention_f16 for a batch of queries: scores by one matmul per KV head, the causal (and
+    sliding-window) mask written in place, softmax.V (native where the backend has it)."""
+    n, T = q.shape[0], k.shape[0]
+    s = scores_f16(q * np.float32(scale), k)                                   # (KV, n, g, T)
+    qp = q_pos0 + np.arange(n)[:, None]
+    kp = k_pos0 + np.arange(T)[None, :]
+    mask = kp > qp                                                             # (n, T)
     if window is not None:
-        qp = q_pos0 + np.arange(n)[:, None]
-        kp = k_pos0 + np.arange(T)[None, :]
-        mask = (kp > qp) | (kp <= qp - window)                                 # (n, T)
-        s4[:, np.broadcast_to(mask[:, None, :], (n, g, T))] = -np.inf
-    else:
-        c0 = q_pos0 + 1 - k_pos0                                               # first key hidden from query 0
-        if c0 < T:
-            tail = np.arange(c0, T)[None, :] > (np.arange(n)[:, None] + c0 - 1)   # (n, T - c0)
-            s4[:, :, :, c0:][:, np.broadcast_to(tail[:, None, :], (n, g, T - c0))] = -np.inf
-    return _softmax_av_blas(s, v, n, H)
+        mask |= kp <= qp - window
+    np.copyto(s, np.float32(-np.inf), where=mask[None, :, None, :])
+    return softmax_av(s, v, 1 if v.dtype == np.float16 else 0)
 
 
 def _softmax_av_blas(s, v, n, H):

@@ -343,16 +343,19 @@ class SVDqCache:
         win_pos = np.arange(self.win_start, self.win_start + n_win)
         if self.cfg.pre_rope:
             kf = self.spec.rope.apply_at(self.kfull[rows].astype(np.float32), np.concatenate([np.arange(S), win_pos]))
-            s_full = np.matmul(q.reshape(n, KV, grp, d), kf.transpose(1, 2, 0)).reshape(n, H, -1)
+            qs = q.reshape(n, KV, grp, d).transpose(1, 0, 2, 3)
+            sf = np.ascontiguousarray(np.matmul(qs, kf.transpose(1, 2, 0)[:, None]))  # (KV, n, g, S+win)
         else:
-            s_full = kernels.scores_f16(q, self.kfull[rows])                          # (n, H, S+win)
+            sf = kernels.scores_f16(q, self.kfull[rows])                              # (KV, n, g, S+win)
         # scores by position, sinks | packed | window, per KV head: each head's (n*grp, T) block is
         # one matrix that BLAS writes the packed columns of in place
         T = S + t_pack + n_win
-        scores = np.empty((KV, n, grp, T), np.float32)                                  # (KV, n, g, T)
-        sf = s_full.reshape(n, KV, grp, -1).transpose(1, 0, 2, 3)                       # (KV, n, g, S+win)
-        scores[..., :S] = sf[..., :S]
-        scores[..., S + t_pack:] = sf[..., S:]
+        if t_pack == 0:
+            scores = sf                                                                 # (KV, n, g, T)
+        else:
+            scores = np.empty((KV, n, grp, T), np.float32)                              # (KV, n, g, T)
+            scores[..., :S] = sf[..., :S]
+            scores[..., S + t_pack:] = sf[..., S:]
         if t_pack:
             if kp is not None:
                 self._rebuilt_scores(q, kp, scores.reshape(KV, n * grp, T)[:, :, S:S + t_pack])
@@ -366,7 +369,7 @@ class SVDqCache:
             for cols, kpos in ((scores[..., :S], np.arange(S)), (scores[..., S + t_pack:], win_pos)):
                 mask = kpos[None, :] > qpos[:, None]                                   # (n, t)
                 if mask.any():
-                    cols[np.broadcast_to(mask[None, :, None, :], cols.shape)] = -np.inf
+                    np.copyto(cols, np.float32(-np.inf), where=mask[None, :, None, :])
         # top-k, softmax and V accumulation: V rows are read only for kept tokens
         return kernels.softmax_av(scores, v, vtype, S, t_pack, self._topk(t_pack))
 
