@@ -255,6 +255,11 @@ def norm_svdq(r: dict) -> dict:
             "rss_peak_mib": r.get("rss_peak_mib")}
 
 
+def result_path(key: str, tag: str) -> Path:
+    """tools/results/llamacpp_compare_<model>[_<tag>].json: a tag keeps another machine's runs apart."""
+    return RESULTS / f"llamacpp_compare_{key}{'_' + tag if tag else ''}.json"
+
+
 def cmd_run(a) -> None:
     key, model = resolve_model(a.model)
     if not (BIN / "llama-bench").exists():
@@ -263,7 +268,7 @@ def cmd_run(a) -> None:
     depths = [int(x) for x in a.depths.split(",")] if a.depths else DEFAULT_DEPTHS.get(key, [0, 4096])
     ctks = a.ctk.split(",")
     fas = [int(x) for x in a.fa.split(",")]
-    out = RESULTS / f"llamacpp_compare_{key}.json"
+    out = result_path(key, a.tag)
     RESULTS.mkdir(parents=True, exist_ok=True)
     build_info = BUILD / "build_info.json"
     doc = {"model": key, "file": model.name, "shapes": shp, "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -429,7 +434,9 @@ def report(doc: dict, out: Path) -> None:
 
 def cmd_table(a) -> None:
     key, _ = resolve_model(a.model)
-    out = RESULTS / f"llamacpp_compare_{key}.json"
+    out = result_path(key, a.tag)
+    if not out.exists():
+        raise SystemExit(f"no results yet: {out.relative_to(ROOT)} (run `llamacpp_bench.py run` first)")
     report(json.loads(out.read_text()), out)
 
 
@@ -460,8 +467,10 @@ def main() -> None:
     r.add_argument("--merge", action="store_true",
                    help="keep the stored JSON's rows for runtimes/depths not re-run (long depths run later)")
     r.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    r.add_argument("--tag", default="", help="results file suffix, e.g. the machine: llamacpp_compare_<model>_<tag>.json")
     t = sub.add_parser("table", help="re-print the table and redraw the plot from the stored JSON")
     t.add_argument("model")
+    t.add_argument("--tag", default="")
     a = ap.parse_args()
     {"setup": cmd_setup, "run": cmd_run, "table": cmd_table}[a.cmd](a)
 
