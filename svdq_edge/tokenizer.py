@@ -13,6 +13,8 @@ import hashlib
 import re
 from pathlib import Path
 
+import numpy as np
+
 from . import SvdqError
 
 # token types (llama.cpp / gguf-py TokenType)
@@ -44,12 +46,15 @@ class Tokenizer:
     def __init__(self, g, cache_dir: Path | None):
         f = g.fields
         self.model_type = f.get("tokenizer.ggml.model")
-        self.tokens: list[str] = f.get("tokenizer.ggml.tokens") or []
-        if not self.tokens:
+        # pieces: a gguf_io.StringTable (left in the file's mapping) for real vocabularies
+        self.tokens = f.get("tokenizer.ggml.tokens") or []
+        if not len(self.tokens):
             raise SvdqError(f"{g.path}: no tokenizer.ggml.tokens in the GGUF")
         n = len(self.tokens)
         types = f.get("tokenizer.ggml.token_type")
-        self.types = [int(t) for t in types] if types is not None else [NORMAL] * n
+        self.types = np.asarray(types if types is not None else [NORMAL] * n).astype(np.uint8)     # (n,)
+        if len(self.types) != n:
+            raise SvdqError(f"{g.path}: {len(self.types)} token types for {n} tokens")
         self.vocab_size = n
         self.bos_id = f.get("tokenizer.ggml.bos_token_id")
         self.eos_id = f.get("tokenizer.ggml.eos_token_id")
@@ -58,17 +63,18 @@ class Tokenizer:
         default_bos = self.model_type == "llama"
         self.add_bos = bool(f.get("tokenizer.ggml.add_bos_token", default_bos)) and self.bos_id is not None
         self.add_space_prefix = bool(f.get("tokenizer.ggml.add_space_prefix", self.model_type == "llama"))
-        self._index = {t: i for i, t in enumerate(self.tokens)}
+        self._index = None if hasattr(self.tokens, "index_of") else {t: i for i, t in enumerate(self.tokens)}
         # specials, longest first: (text, id, is_control)
-        sp = [(self.tokens[i], i, self.types[i] in (CONTROL, UNKNOWN)) for i in range(n)
-              if self.types[i] in (CONTROL, USER_DEFINED, UNKNOWN) and self.tokens[i]]
+        ctl = np.isin(self.types, (CONTROL, UNKNOWN))
+        sp = [(t, int(i), bool(ctl[i])) for i in np.flatnonzero(ctl | (self.types == USER_DEFINED))
+              if (t := self.tokens[i])]
         sp.sort(key=lambda x: -len(x[0]))
         self._special_all = self._special_re([s for s in sp])
         self._special_user = self._special_re([s for s in sp if not s[2]])
         self._special_id = {t: i for t, i, _ in sp}
         eot = {self.eos_id} if self.eos_id is not None else set()
         for piece in ("<end_of_turn>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"):
-            i = self._index.get(piece)
+            i = self.id_of(piece)
             if i is not None and self.types[i] == CONTROL:
                 eot.add(i)
         eot_key = f.get("tokenizer.ggml.eot_token_id")
@@ -112,9 +118,10 @@ class Tokenizer:
         self.sp = spm.SentencePieceProcessor()
         self.sp.LoadFromSerializedProto(data)
         self._byte_ids = {}
-        for i, t in enumerate(self.tokens):
-            if self.types[i] == BYTE and len(t) == 6 and t.startswith("<0x"):
-                self._byte_ids[i] = int(t[3:5], 16)
+        for i in np.flatnonzero(self.types == BYTE):
+            t = self.tokens[i]
+            if len(t) == 6 and t.startswith("<0x"):
+                self._byte_ids[int(i)] = int(t[3:5], 16)
 
     def _build_spm_proto(self, scores) -> bytes:
         from sentencepiece import sentencepiece_model_pb2 as pb
@@ -137,7 +144,7 @@ class Tokenizer:
         special = {self.unk_id: UNKNOWN, self.bos_id: CONTROL, self.eos_id: CONTROL, self.pad_id: CONTROL}
         for i, t in enumerate(self.tokens):
             p = m.pieces.add()
-            ty = self.types[i]
+            ty = int(self.types[i])
             if ty == USER_DEFINED:
                 t = t.replace(" ", "\u2581")   # whitespace-run tokens: sentencepiece sees ▁
             p.piece = t
@@ -154,21 +161,25 @@ class Tokenizer:
             raise SvdqError(f"{g.path}: pre-tokenizer {pre!r} is not supported ({', '.join(sorted(PRE_REGEX))})")
         dec = _gpt2_byte_decoder()
         ranks: dict[bytes, int] = {}
-        self._bytes: list[bytes] = []
-        for i, t in enumerate(self.tokens):
-            if self.types[i] == NORMAL:
-                try:
-                    b = bytes(dec[c] for c in t)
-                except KeyError:
-                    b = t.encode("utf-8")
-                ranks.setdefault(b, i)
-            else:
+        self._dup_bytes: dict[int, bytes] = {}        # NORMAL pieces whose bytes an earlier id ranks
+        for i in np.flatnonzero(self.types == NORMAL).tolist():
+            t = self.tokens[i]
+            try:
+                b = bytes(dec[c] for c in t)
+            except KeyError:
                 b = t.encode("utf-8")
-            self._bytes.append(b)
+            if ranks.setdefault(b, i) != i:
+                self._dup_bytes[i] = b
         self.enc = tiktoken.Encoding(name=f"gguf-{pre}", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+        # the ranks now live in tiktoken's Rust encoder (which decodes them too); its Python copy is
+        # kept only for pickling, about 15 MiB for Qwen's vocabulary
+        if isinstance(getattr(self.enc, "_mergeable_ranks", None), dict):
+            self.enc._mergeable_ranks = {}
 
     # -- API --------------------------------------------------------------------------------------
     def id_of(self, piece: str) -> int | None:
+        if self._index is None:
+            return self.tokens.index_of(piece)
         return self._index.get(piece)
 
     def is_special(self, i: int) -> bool:
@@ -210,7 +221,9 @@ class Tokenizer:
             if ty == BYTE:
                 return bytes([self._byte_ids[i]])
             return self.tokens[i].replace("\u2581", " ").encode("utf-8")
-        return self._bytes[i]
+        if ty == NORMAL:
+            return self._dup_bytes[i] if i in self._dup_bytes else self.enc.decode_single_token_bytes(i)
+        return self.tokens[i].encode("utf-8")
 
     def decode(self, ids, special: bool = False) -> str:
         return b"".join(self.token_to_bytes(i, special) for i in ids).decode("utf-8", errors="replace")

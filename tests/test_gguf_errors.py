@@ -140,3 +140,35 @@ def test_cli_bad_flags(argv):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert "error" in r.stderr
+
+
+def test_long_string_arrays_stay_in_the_mapping(tmp_path):
+    """A vocabulary-sized string array comes back as a StringTable over the file: every item, slices
+    and index_of (first match, equal-length candidates only) as the written list gives them; a
+    short array stays a list; cut inside the table, the file is refused in one line."""
+    from svdq_edge.gguf_io import TABLE_MIN, StringTable
+    rng = np.random.default_rng(1)
+    alphabet = list("abcé▁<>|\u4e2d ")
+    pieces = ["".join(rng.choice(alphabet, rng.integers(0, 7))) for _ in range(TABLE_MIN + 37)]
+    pieces[5] = pieces[900] = "<|im_end|>"                       # a duplicate: index_of gives the first
+    w = GGUFWriter(str(tmp_path / "v.gguf"), "llama")
+    w.add_array("tok.long", pieces)
+    w.add_array("tok.short", pieces[:10])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    g = GGUFFile(tmp_path / "v.gguf")
+    t = g.fields["tok.long"]
+    assert isinstance(t, StringTable) and isinstance(g.fields["tok.short"], list)
+    assert len(t) == len(pieces) and list(t) == pieces and t[-1] == pieces[-1] and t[3:9] == pieces[3:9]
+    assert g.fields["tok.short"] == pieces[:10]
+    for p in ["<|im_end|>", pieces[17], pieces[-1], "", "not there", "abc" * 5]:
+        want = pieces.index(p) if p in pieces else None
+        assert t.index_of(p) == want, p
+    with pytest.raises(IndexError):
+        t[len(pieces)]
+    data = (tmp_path / "v.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:len(data) // 2])
+    with pytest.raises(SvdqError):
+        GGUFFile(tmp_path / "cut.gguf")
