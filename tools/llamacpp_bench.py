@@ -111,17 +111,14 @@ def resolve_model(name: str) -> tuple[str, Path]:
 
 
 def model_shapes(path: Path) -> dict:
-    from gguf import GGUFReader
-    r = GGUFReader(str(path))
+    # svdq_edge's header parser, not gguf.GGUFReader: that one builds a numpy view per vocabulary
+    # entry (~700 MiB for Gemma), and the peak RSS wait4 reports for a child includes the parent's
+    # (subprocess vforks, and exec keeps the larger of the two high-water marks)
+    from svdq_edge.gguf_io import GGUFFile
+    fields = GGUFFile(path).fields
 
     def get(key, default=None):
-        f = r.fields.get(key)
-        if f is None:
-            return default
-        v = f.parts[f.data[0]]
-        if f.types and f.types[0].name == "STRING":
-            return bytes(v).decode()
-        return v.tolist()[0]
+        return fields.get(key, default)
 
     arch = get("general.architecture")
     n_layer = int(get(f"{arch}.block_count"))
