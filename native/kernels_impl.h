@@ -494,6 +494,196 @@ static inline __attribute__((always_inline)) void FN(tile_b)(const uint8_t *row,
     }
 }
 
+/* Prefill GEMM for Q5_0, Q4_K, Q6_K (and Q8_0 where VNNI has no int16 pair sums to overflow):
+ * GR rows at a time (8 per ymm on avx2, 16 per zmm on avx512), their codes first rearranged into
+ * units of 32 values, (k/32, 8 groups, GR rows, 4 codes) unsigned bytes, so one vector holds 4
+ * consecutive codes of each row. A token's 4 activation codes of a group are broadcast and the dot
+ * instructions leave the GR rows' unit dots in the int32 lanes: no horizontal sums, whose cost is
+ * what holds the per-row tiles above back. Per unit and row two float factors finish the dot:
+ *   Q5_0 / Q8_0: A = d, M = OFF d (codes q + 16, w + 128);  Q4_K: A = d sc_j, M = dmin m_j;
+ *   term = dx (A dot - M S), S the unit's activation code sum, dx its activation scale;
+ *   Q6_K (two 16-value scales per unit, codes q + 32): A0, A1 = d sc, M = 32 A, dots of groups 0-3
+ *   and 4-7 apart, each against its 16 values' code sum.
+ * Float sums run unit by unit (the tiles sum in int32 first): the same value up to rounding.
+ * Used from GEMM_MIN_N tokens, where the rearrangement (once per GR rows) is cheap. */
+#define GEMM_MIN_N 16
+#define GEMM_NT 4       /* tokens sharing each loaded code vector */
+
+/* the 8 rows' 32 codes c[r] (value j at byte j) -> g[0..7]: vector q holds dword q (values
+ * 4q .. 4q+3) of every row: an 8x8 transpose of dwords */
+static inline __attribute__((always_inline)) void FN(transpose8x8_epi32)(const __m256i *c, __m256i *g) {
+    const __m256i a0 = _mm256_unpacklo_epi32(c[0], c[1]), a1 = _mm256_unpackhi_epi32(c[0], c[1]);
+    const __m256i a2 = _mm256_unpacklo_epi32(c[2], c[3]), a3 = _mm256_unpackhi_epi32(c[2], c[3]);
+    const __m256i a4 = _mm256_unpacklo_epi32(c[4], c[5]), a5 = _mm256_unpackhi_epi32(c[4], c[5]);
+    const __m256i a6 = _mm256_unpacklo_epi32(c[6], c[7]), a7 = _mm256_unpackhi_epi32(c[6], c[7]);
+    const __m256i b0 = _mm256_unpacklo_epi64(a0, a2), b1 = _mm256_unpackhi_epi64(a0, a2);
+    const __m256i b2 = _mm256_unpacklo_epi64(a1, a3), b3 = _mm256_unpackhi_epi64(a1, a3);
+    const __m256i b4 = _mm256_unpacklo_epi64(a4, a6), b5 = _mm256_unpackhi_epi64(a4, a6);
+    const __m256i b6 = _mm256_unpacklo_epi64(a5, a7), b7 = _mm256_unpackhi_epi64(a5, a7);
+    g[0] = _mm256_permute2x128_si256(b0, b4, 0x20); g[4] = _mm256_permute2x128_si256(b0, b4, 0x31);
+    g[1] = _mm256_permute2x128_si256(b1, b5, 0x20); g[5] = _mm256_permute2x128_si256(b1, b5, 0x31);
+    g[2] = _mm256_permute2x128_si256(b2, b6, 0x20); g[6] = _mm256_permute2x128_si256(b2, b6, 0x31);
+    g[3] = _mm256_permute2x128_si256(b3, b7, 0x20); g[7] = _mm256_permute2x128_si256(b3, b7, 0x31);
+}
+
+/* one row's codes of its units [u0, u0 + 8) (one K superblock, or 8 blocks of Q5_0 / Q8_0) as 32
+ * unsigned bytes each, and the units' factors: A, M (and A1 for Q6_K; M = 32 A there) */
+static inline __attribute__((always_inline)) void FN(gemm_unpack8)(const uint8_t *row, const int T, int64_t u0,
+        int nu, __m256i *c, float *A, float *M, float *A1) {
+    if (T == Q4_K || T == Q6_K) {
+        const uint8_t *o = row + (u0 / 8) * (T == Q4_K ? 144 : 210);
+        const __m256i m4 = _mm256_set1_epi8(15);
+        if (T == Q4_K) {
+            for (int g = 0; g < 4; g++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + 32 * g));
+                c[2 * g] = _mm256_and_si256(q, m4);
+                c[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            }
+            __m256 scf, mnf;
+            FN(q4k_scales)(o, &scf, &mnf);
+            _mm256_storeu_ps(A, _mm256_mul_ps(scf, _mm256_set1_ps(_cvtsh_ss(rd16(o)))));
+            _mm256_storeu_ps(M, _mm256_mul_ps(mnf, _mm256_set1_ps(_cvtsh_ss(rd16(o + 2)))));
+        } else {
+            const __m256i m30 = _mm256_set1_epi8(0x30);
+            for (int hh = 0; hh < 2; hh++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(o + hh * 64));
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
+                c[4 * hh] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                c[4 * hh + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                c[4 * hh + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+                c[4 * hh + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+            }
+            const float d = _cvtsh_ss(rd16(o + 208));
+            for (int u = 0; u < 8; u++) {
+                A[u] = d * (float)(int8_t)o[192 + 2 * u];
+                A1[u] = d * (float)(int8_t)o[192 + 2 * u + 1];
+            }
+        }
+        return;
+    }
+    const int64_t bb = T == Q8_0 ? 34 : 22;
+    for (int u = 0; u < nu; u++) {
+        const uint8_t *o = row + (u0 + u) * bb;
+        if (T == Q8_0) c[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(o + 2)), _mm256_set1_epi8((char)0x80));
+        else { __m256i sg; FN(unpack_b)(o, T, &c[u], &sg); }
+        A[u] = _cvtsh_ss(rd16(o));
+        M[u] = (T == Q8_0 ? 128.0f : 16.0f) * A[u];
+    }
+}
+
+#ifdef X86_VNNI
+/* the avx512 copy: 16 rows per zmm (two 8-row transposes side by side), dpbusd on 512 bits */
+#define GR 16
+#define vgi __m512i
+#define vgf __m512
+#define VG_DOT(acc, a, x) _mm512_dpbusd_epi32(acc, a, x)
+#define VG_SET1I _mm512_set1_epi32
+#define VG_SET1F _mm512_set1_ps
+#define VG_ZEROI _mm512_setzero_si512
+#define VG_ZEROF _mm512_setzero_ps
+#define VG_LOADI(p) _mm512_load_si512(p)
+#define VG_LOADF _mm512_loadu_ps
+#define VG_STOREF _mm512_storeu_ps
+#define VG_CVT _mm512_cvtepi32_ps
+#define VG_FMA _mm512_fmadd_ps
+#define VG_FNMA _mm512_fnmadd_ps
+#define VG_MUL _mm512_mul_ps
+#define GEMM_TYPE(T) ((T) == Q5_0 || (T) == Q8_0 || (T) == Q4_K || (T) == Q6_K)
+#else
+#define GR 8
+#define vgi __m256i
+#define vgf __m256
+#define VG_DOT(acc, a, x) _mm256_add_epi32(acc, FN(dot4)(a, x))
+#define VG_SET1I _mm256_set1_epi32
+#define VG_SET1F _mm256_set1_ps
+#define VG_ZEROI _mm256_setzero_si256
+#define VG_ZEROF _mm256_setzero_ps
+#define VG_LOADI(p) _mm256_load_si256(p)
+#define VG_LOADF _mm256_loadu_ps
+#define VG_STOREF _mm256_storeu_ps
+#define VG_CVT _mm256_cvtepi32_ps
+#define VG_FMA _mm256_fmadd_ps
+#define VG_FNMA _mm256_fnmadd_ps
+#define VG_MUL _mm256_mul_ps
+#define GEMM_TYPE(T) ((T) == Q5_0 || (T) == Q4_K || (T) == Q6_K)
+#endif
+
+/* rows [r0, r0 + GR) against all n tokens. Scratch: pk (k/32, 8, GR, 4) bytes, fa (k/32, 3, GR)
+ * floats: A, M, A1 per unit */
+static inline __attribute__((always_inline)) void FN(gemm_group)(const uint8_t *w, int64_t row_bytes, const int T,
+        const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k, int64_t r0,
+        int64_t rows, float *out, __m256i *pk, float *fa) {
+    const int64_t nu = k / 32;
+    const int q6 = T == Q6_K;
+    for (int64_t u0 = 0; u0 < nu; u0 += 8) {
+        const int nuu = nu - u0 < 8 ? (int)(nu - u0) : 8;
+        for (int h = 0; h < GR / 8; h++) {
+            __m256i c[8][8];                /* (8 rows, 8 units) codes */
+            float A[8][8], M[8][8], A1[8][8];
+            for (int r = 0; r < 8; r++)
+                FN(gemm_unpack8)(w + (r0 + 8 * h + r) * row_bytes, T, u0, nuu, c[r], A[r], M[r], A1[r]);
+            for (int u = 0; u < nuu; u++) {
+                __m256i cu[8], g[8];
+                for (int r = 0; r < 8; r++) cu[r] = c[r][u];
+                FN(transpose8x8_epi32)(cu, g);
+                /* unit u0+u: (8 groups, GR rows, 4) bytes; this half's 8 rows at byte 32 h */
+                uint8_t *dst = (uint8_t *)pk + (u0 + u) * 8 * GR * 4 + 32 * h;
+                for (int q = 0; q < 8; q++) _mm256_storeu_si256((__m256i *)(dst + q * GR * 4), g[q]);
+                float *f = fa + (u0 + u) * 3 * GR + 8 * h;
+                for (int r = 0; r < 8; r++) {
+                    f[r] = A[r][u];
+                    f[GR + r] = q6 ? 32.0f * A[r][u] : M[r][u];
+                    f[2 * GR + r] = q6 ? A1[r][u] : 0.0f;
+                }
+            }
+        }
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += GEMM_NT) {
+        const int nt = n - t0 < GEMM_NT ? (int)(n - t0) : GEMM_NT;
+        vgf acc[GEMM_NT];
+        for (int j = 0; j < GEMM_NT; j++) acc[j] = VG_ZEROF();
+        for (int64_t u = 0; u < nu; u++) {
+            const vgi *g = (const vgi *)((const uint8_t *)pk + u * 8 * GR * 4);
+            const float *f = fa + u * 3 * GR;
+            vgi is0[GEMM_NT], is1[GEMM_NT];
+            for (int j = 0; j < GEMM_NT; j++) { is0[j] = VG_ZEROI(); is1[j] = VG_ZEROI(); }
+            for (int q = 0; q < 8; q++) {
+                const vgi gq = VG_LOADI(g + q);
+                for (int j = 0; j < nt; j++) {
+                    int32_t x4;
+                    memcpy(&x4, xq + (t0 + j) * k + 32 * u + 4 * q, 4);
+                    if (q6 && q >= 4) is1[j] = VG_DOT(is1[j], gq, VG_SET1I(x4));
+                    else is0[j] = VG_DOT(is0[j], gq, VG_SET1I(x4));
+                }
+            }
+            const vgf A = VG_LOADF(f), M = VG_LOADF(f + GR);
+            for (int j = 0; j < nt; j++) {
+                const int64_t t = t0 + j;
+                const float dx = xd[t * nu + u];
+                const int32_t *s = xs + t * (k / 16) + 2 * u;       /* the unit's two 16-value code sums */
+                if (q6) {
+                    const vgf A1 = VG_LOADF(f + 2 * GR);
+                    vgf v = VG_MUL(VG_CVT(is0[j]), A);
+                    v = VG_FMA(VG_CVT(is1[j]), A1, v);
+                    v = VG_FNMA(M, VG_SET1F((float)s[0]), v);
+                    v = VG_FNMA(VG_MUL(A1, VG_SET1F(32.0f)), VG_SET1F((float)s[1]), v);
+                    acc[j] = VG_FMA(v, VG_SET1F(dx), acc[j]);
+                } else {
+                    acc[j] = VG_FMA(VG_CVT(is0[j]), VG_MUL(A, VG_SET1F(dx)), acc[j]);
+                    acc[j] = VG_FNMA(M, VG_SET1F((float)(s[0] + s[1]) * dx), acc[j]);
+                }
+            }
+        }
+        for (int j = 0; j < nt; j++) VG_STOREF(out + (t0 + j) * rows + r0, acc[j]);
+    }
+}
+
+/* rows [r0, r1) by the GEMM in GR-row groups (scratch from the heap: prefill only, about 2 GR bytes
+ * per k per call), the rest by the tiles; 0 when the scratch cannot be had */
+static int FN(mm_rows_gemm)(const uint8_t *w, int64_t row_bytes, const int T, const int8_t *xq,
+        const float *xd, const int32_t *xs, int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out);
+
 /* prefill, n >= 4: rows in blocks of TILE_RB, and within a block every tile of TILE_NT tokens
  * against every row, so the block's weights stay in L2 (and each row in L1) while TILE_NT tokens
  * reuse them; then one tile of 4 tokens, and the last n % 4 tokens through the per-token kernels.
@@ -527,9 +717,31 @@ static inline __attribute__((always_inline)) void FN(mm_rows_tiled)(const uint8_
 }
 #undef TILE_ROW
 
+static int FN(mm_rows_gemm)(const uint8_t *w, int64_t row_bytes, const int T, const int8_t *xq,
+        const float *xd, const int32_t *xs, int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) {
+    const int64_t nu = k / 32, rg = r0 + (r1 - r0) / GR * GR;
+    __m256i *pk = aligned_alloc(64, (size_t)nu * 8 * GR * 4);           /* (k/32, 8, GR, 4) codes */
+    float *fa = malloc((size_t)nu * 3 * GR * sizeof(float));            /* (k/32, 3, GR) factors */
+    if (!pk || !fa) { free(pk); free(fa); return 0; }
+    /* one copy per type: a constant T takes the type tests out of the inner loops */
+#define GEMM_ALL(TT) for (int64_t r = r0; r < rg; r += GR) FN(gemm_group)(w, row_bytes, TT, xq, xd, xs, n, k, r, rows, out, pk, fa)
+    switch (T) {
+    case Q4_K: GEMM_ALL(Q4_K); break;
+    case Q6_K: GEMM_ALL(Q6_K); break;
+    case Q8_0: GEMM_ALL(Q8_0); break;
+    default:   GEMM_ALL(Q5_0); break;
+    }
+#undef GEMM_ALL
+    free(pk);
+    free(fa);
+    if (rg < r1) FN(mm_rows_tiled)(w, row_bytes, T, xq, xd, xs, n, k, rg, r1, rows, out);
+    return 1;
+}
+
 static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t *w, int64_t row_bytes, const int T,
         const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k,
         int64_t r0, int64_t r1, int64_t rows, float *out) {
+    if (n >= GEMM_MIN_N && GEMM_TYPE(T) && r1 - r0 >= GR && FN(mm_rows_gemm)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out)) return;
     if (n >= 4) FN(mm_rows_tiled)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
     else if (T == Q4_K || T == Q6_K) FN(mm_rows_ksimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
     else FN(mm_rows_bsimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
@@ -554,6 +766,24 @@ MM_TYPE(Q4_0) MM_TYPE(Q4_1) MM_TYPE_FAST(Q5_0) MM_TYPE(Q5_1) MM_TYPE_FAST(Q8_0) 
 #undef MM_TYPE
 #undef MM_TYPE_FAST
 #undef MM_FAST
+#ifdef GR
+#undef GR
+#undef vgi
+#undef vgf
+#undef GEMM_TYPE
+#undef VG_DOT
+#undef VG_SET1I
+#undef VG_SET1F
+#undef VG_ZEROI
+#undef VG_ZEROF
+#undef VG_LOADI
+#undef VG_LOADF
+#undef VG_STOREF
+#undef VG_CVT
+#undef VG_FMA
+#undef VG_FNMA
+#undef VG_MUL
+#endif
 
 static void FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *xq, const float *xd,
                             const int32_t *xs, int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) {

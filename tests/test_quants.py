@@ -116,14 +116,17 @@ def test_matmul_backends(qtype, n, rows):
 
 
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K], ids=lambda q: q.name)
-@pytest.mark.parametrize("n", [1, 3, 4, 5, 9, 12, 17])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 9, 12, 17, 34])
 def test_native_int8_prefill_tiles(qtype, n):
     """The int8 kernels called directly (cpu_c.matmul may route prefill to BLAS) on every path, with
-    token counts that hit the 8- and 4-token tiles and their per-token remainder, and k not a
-    multiple of 256 for the 32-value blocks (tails of 4 and 1 blocks): the Q8 oracle within 1e-5."""
+    token counts that hit the 8- and 4-token tiles and their per-token remainder, the row-group
+    GEMM (Q5_0, and Q8_0 with VNNI: from 16 tokens, in thread chunks of at least 8 rows on avx2 and
+    16 on avx512; 37 and 150 rows make chunks of 4-5 and 18-19 on 2 threads: groups and a tiled
+    rest) with a partial 4-token group, and k not a multiple of 256 for the 32-value blocks (tails
+    of 4 and 1 blocks): the Q8 oracle within 1e-5."""
     from svdq_edge.kernels import cpu_c
-    for k in ([256, 896, 640, 224, 32] if LAYOUTS[qtype][0] == 32 else [256, 768]):
-        rows = 37
+    for k, rows in [(k, r) for k in ([256, 896, 640, 224, 32] if LAYOUTS[qtype][0] == 32 else [256, 768])
+                    for r in (37, 150)]:
         data = random_blocks(qtype, rows, k, 300 + int(qtype) + k)
         x = np.random.default_rng(n).standard_normal((n, k)).astype(np.float32)
         q8 = ref.matmul_q8(data, qtype, x)

@@ -79,16 +79,20 @@ def test_batched_scores_dequantize_every_block_like_the_oracle(widths):
     assert np.allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("n,T,window", [(16, 16, None), (40, 300, None), (33, 100, 48), (64, 64, 32)])
-def test_batched_attention_matches_reference(n, T, window):
-    """The BLAS prefill attention (causal corner mask, sliding window) against the numpy oracle."""
+@pytest.mark.parametrize("n,T,window,back", [(16, 16, None, 0), (40, 300, None, 0), (33, 100, 48, 0), (64, 64, 32, 0),
+                                             (1, 100, 48, 0), (1, 30, 48, 0), (1, 30, None, 0), (1, 30, None, 5),
+                                             (3, 40, 16, 2)])
+def test_batched_attention_matches_reference(n, T, window, back):
+    """The BLAS prefill attention (causal corner mask, sliding window) and the few-query native path
+    (decode: a mask only where a key is out of the window or after the query; back > 0 puts the
+    queries before the last keys) against the numpy oracle."""
     from svdq_edge import kernels
     rng = np.random.default_rng(n + T)
     H, KV, d = 6, 2, 16
     q = rng.standard_normal((n, H, d)).astype(np.float32)
     k = rng.standard_normal((T, KV, d)).astype(np.float16)
     v = rng.standard_normal((T, KV, d)).astype(np.float16)
-    q0, k0 = 500 + T - n, 500
+    q0, k0 = 500 + T - n - back, 500
     ref = causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), 0.3, q0, k0, window)
     got = kernels.attention_f16(q, k, v, 0.3, q0, k0, window)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

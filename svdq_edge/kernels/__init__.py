@@ -282,14 +282,14 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
         from ..kvcache.base import causal_softmax_attend
         return causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), scale, q_pos0, k_pos0, window)
     s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
-    if n > 1 or window is not None:
+    # one query at the newest key sees every key from a window's start on: no mask to build
+    if n > 1 or q_pos0 < k_pos0 + T - 1 or (window is not None and k_pos0 <= q_pos0 - window):
         qp = q_pos0 + np.arange(n)[:, None]
         kp = k_pos0 + np.arange(T)[None, :]
         mask = kp > qp
         if window is not None:
             mask |= kp <= qp - window
-        if mask.any():
-            s[np.broadcast_to(mask[:, None, :], s.shape)] = -np.inf
+        np.copyto(s, np.float32(-np.inf), where=mask[:, None, :])
     return mod.softmax_av_f16(s, v)
 
 
