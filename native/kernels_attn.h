@@ -64,6 +64,37 @@ static inline __attribute__((always_inline)) void FN(qproj_tile)(const float *vm
 }
 #endif
 
+#ifdef X86_VNNI
+/* the avx512 copy: NP heads x 32 columns from j (two zmm per head, masked past r1): per basis row
+ * 2 loads and NP broadcasts feed 2 NP fmas of 16 lanes (the ymm tile: 1 load, NP fmas of 8) */
+#define QPROJ_COLS 32
+static inline __attribute__((always_inline)) void FN(qproj_tile32)(const float *vm, int64_t r1, int64_t d,
+        const float *qh, int64_t j, const int NP, float *o) {
+    const int64_t left = r1 - j;
+    const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+    const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    __m512 a0[8], a1[8];
+    for (int i = 0; i < NP; i++) { a0[i] = _mm512_setzero_ps(); a1[i] = _mm512_setzero_ps(); }
+    for (int64_t e = 0; e < d; e++) {
+        const __m512 row0 = _mm512_maskz_loadu_ps(m0, vm + e * r1 + j);
+        const __m512 row1 = _mm512_maskz_loadu_ps(m1, vm + e * r1 + j + 16);
+        for (int i = 0; i < NP; i++) {
+            const __m512 x = _mm512_set1_ps(qh[i * d + e]);
+            a0[i] = _mm512_fmadd_ps(x, row0, a0[i]);
+            a1[i] = _mm512_fmadd_ps(x, row1, a1[i]);
+        }
+    }
+    for (int i = 0; i < NP; i++) {
+        _mm512_mask_storeu_ps(o + i * r1 + j, m0, a0[i]);
+        _mm512_mask_storeu_ps(o + i * r1 + j + 16, m1, a1[i]);
+    }
+}
+#define QPROJ_TILE FN(qproj_tile32)
+#else
+#define QPROJ_COLS 8
+#define QPROJ_TILE FN(qproj_tile)
+#endif
+
 /* Decode queries projected onto a per-layer basis: qp (H, r1) = q_h . vmu[kv(h)], where vmu
  * (KV, d, r1) holds each KV head's d rows of the basis V (r columns) and of the mean (last
  * column), so qp[:, :r] are the latent queries and qp[:, r] = q.mu. x86: register tiles of up to
@@ -79,16 +110,16 @@ static void FN(latent_qproj)(const float *q, int64_t H, int64_t KV, int64_t d, c
         const int64_t kv = h0 / g, np0 = (kv + 1) * g - h0;    /* heads left in this KV group */
         const int64_t np = np0 < 8 ? np0 : 8;
         const float *vm = vmu + kv * d * r1;
-        for (int64_t j = 0; j < j0; j += 8) {
+        for (int64_t j = 0; j < j0; j += QPROJ_COLS) {
             switch (np) {
-            case 1: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 1, qp + h0 * r1); break;
-            case 2: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 2, qp + h0 * r1); break;
-            case 3: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 3, qp + h0 * r1); break;
-            case 4: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 4, qp + h0 * r1); break;
-            case 5: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 5, qp + h0 * r1); break;
-            case 6: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 6, qp + h0 * r1); break;
-            case 7: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 7, qp + h0 * r1); break;
-            default: FN(qproj_tile)(vm, r1, d, q + h0 * d, j, 8, qp + h0 * r1); break;
+            case 1: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 1, qp + h0 * r1); break;
+            case 2: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 2, qp + h0 * r1); break;
+            case 3: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 3, qp + h0 * r1); break;
+            case 4: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 4, qp + h0 * r1); break;
+            case 5: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 5, qp + h0 * r1); break;
+            case 6: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 6, qp + h0 * r1); break;
+            case 7: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 7, qp + h0 * r1); break;
+            default: QPROJ_TILE(vm, r1, d, q + h0 * d, j, 8, qp + h0 * r1); break;
             }
         }
         h0 += np - 8;                                       /* next tile starts at h0 + np */
@@ -105,6 +136,10 @@ static void FN(latent_qproj)(const float *q, int64_t H, int64_t KV, int64_t d, c
         }
     }
 }
+#ifdef QPROJ_TILE
+#undef QPROJ_TILE
+#undef QPROJ_COLS
+#endif
 
 #ifdef SIMD_X86
 /* the codes of 8 consecutive tokens (t8*8 ..) of one channel row p, as floats. Token t sits at

@@ -3,7 +3,8 @@ layer (H 14, KV 2, d 64, r = 60 latent channels of mixed widths, 128-token block
 in the absolute post-RoPE frame and the relative frame with 128/64/32-token rotation blocks, then
 the relative-128 frame with group top-k (--svdq-topk) and Q8_0 / Q4_0 V rows, and the packed
 scores alone (one projection per rotation block given): best ms per call of 5 x 20.
-    python tools/latent_attend_bench.py [DEPTH] [TOPK]        (default 16384 1024)
+    python tools/latent_attend_bench.py [DEPTH] [TOPK] [qwen|gemma]   (default 16384 1024 qwen)
+gemma: its global layers' shape (H 4, KV 1, d 256, r = 136: widths as its fitted basis, layer 11).
 """
 import sys
 import time
@@ -20,11 +21,12 @@ from svdq_edge.rope import RoPE                             # noqa: E402
 
 cpu_c.set_threads(2)
 rng = np.random.default_rng(0)
-H, KV, d, B = 14, 2, 64, 128
 T = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
 K = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
+GEMMA = len(sys.argv) > 3 and sys.argv[3] == "gemma"
+H, KV, d, B = (4, 1, 256, 128) if GEMMA else (14, 2, 64, 128)
 nblk = T // B
-widths = np.array([8] * 4 + [4] * 12 + [2] * 20 + [1] * 24)
+widths = np.array([8] * 4 + [4] * 12 + [2] * 20 + [1] * 24 if not GEMMA else [4] * 53 + [2] * 55 + [1] * 28)
 r = len(widths)
 codes, scale, mn = packed_blocks(rng, widths, nblk, B)
 S, nwin = 4, 40
