@@ -12,6 +12,8 @@ pre-RoPE key and rebuilds and rotates every packed key per step.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import kernels
@@ -26,6 +28,16 @@ V_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}     # -ctv -> GGML type of the V rows
 
 
 REBUILD_BLOCKS = 16          # packed blocks rebuilt per step of _rebuilt_keys (bounds its temporaries)
+SCORE_GROW = 4096            # tokens of headroom when the shared decode score scratch grows
+
+
+class _DecodeScratch(threading.local):
+    """One decode score buffer (H*T,) float32 for every layer of every cache in a thread: layers run
+    one after another, and one per layer cost 24 x 1.8 MiB (doubled when grown) at Qwen's 32k."""
+    scores = np.empty(0, np.float32)
+
+
+_SCRATCH = _DecodeScratch()
 
 
 class SVDqCache:
@@ -77,7 +89,6 @@ class SVDqCache:
         self.Vmu = (np.concatenate([self.Vf[0].reshape(KV, d, self.r), self.muf[0].reshape(KV, d, 1)], axis=2)
                     if self.G == 1 else None)                # (KV, d, r+1)
         self._scorer = None
-        self._scores = np.empty(0, np.float32)                    # (H*T,) decode score scratch, grown
         self._cap_blk = 0
         self.codes = [np.empty((self.G, 0, n, self.B * w // 8), np.uint8)
                       for w, n in zip(svdq_ref.PACK_WIDTHS, self.counts)]   # per width (G, cap_blk, n_w, B*w/8)
@@ -315,11 +326,11 @@ class SVDqCache:
             fast = self._decode_scorer().attend
             if fast is not None:
                 need = H * (S + t_pack + n_win)
-                if self._scores.size < need:
-                    self._scores = np.empty(max(need, 2 * self._scores.size), np.float32)   # (H*T,) grown
+                if _SCRATCH.scores.size < need:
+                    _SCRATCH.scores = np.empty(need + H * SCORE_GROW, np.float32)         # (H*T,) shared
                 rope = self.spec.rope
                 rot = (self.rb, rope.cos, rope.sin, rope.neox) if self.rb else None
-                return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), self._scores,
+                return fast(q[0], self.Vmu, self.kfull, S, n_win, self.v, self._topk(t_pack), _SCRATCH.scores,
                             rot, self.vtype)[None]
         # a prefill chunk: queries in passes of bounded score memory, the packed keys rebuilt once
         # for all passes where that path scores them, V rows read as held where the backend can
