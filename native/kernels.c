@@ -173,10 +173,7 @@ int svdq_set_path(int path) {
 }
 
 void svdq_set_threads(int n) { g_threads = n > 0 ? n : 0; }
-/* > 0: the calling thread's kernels use this many threads for now (svdq_attend_f16: one) */
-static __thread int tl_threads = 0;
 int svdq_get_threads(void) {
-    if (tl_threads > 0) return tl_threads;
 #ifdef _OPENMP
     return g_threads > 0 ? g_threads : omp_get_max_threads();
 #else
@@ -486,19 +483,6 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
     if (nq < 0 || T < 0 || d <= 0 || KV <= 0 || H % KV) return -3;
     PARALLEL_ROWS(T, BY_PATH(qk_rows, q, k, nq, H, KV, d, T, r0, r1, out));
     return 0;
-}
-
-/* a decode query's whole attention over a short f16 cache (a window layer: T <= a few hundred)
- * in one call on one thread: the scores and softmax.V of the separate entries, without their
- * parallel regions, which cost more than the work at this size (38 -> ~15 us for Gemma's 512) */
-int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned short *v, long long H, long long KV,
-                    long long d, long long T, float *scores, float *out) {
-    if (T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV) return -3;
-    BY_PATH(qk_rows, q, k, 1, H, KV, d, T, 0, T, scores);
-    tl_threads = 1;                                         /* softmax_av: one chunk, this thread */
-    const int rc = softmax_av(scores, (const uint8_t *)v, F16, 2 * d, 1, H, KV, d, T, 0, out);
-    tl_threads = 0;
-    return rc;
 }
 
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,

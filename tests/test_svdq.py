@@ -519,25 +519,3 @@ def test_relative_prompt_basis_is_fitted_in_the_block_frame():
     twin.append(keys[:300], vals[:300])
     twin.append(keys[300:], vals[300:])
     np.testing.assert_allclose(c.attend(q, 0.25), twin.attend(q, 0.25), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("T", [1, 7, 300, 700])
-def test_one_call_decode_attention_matches_reference(T):
-    """cpu_c.attend_f16 (a window layer's decode attention in one native call on one thread) on
-    every C path against the numpy oracle, and its size check."""
-    from svdq_edge.kernels import cpu_c
-    rng = np.random.default_rng(T)
-    H, KV, d = 8, 2, 64
-    q = rng.standard_normal((1, H, d)).astype(np.float32)
-    k = rng.standard_normal((T, KV, d)).astype(np.float16)
-    v = rng.standard_normal((T, KV, d)).astype(np.float16)
-    ref = causal_softmax_attend(0.2 * q, k.astype(np.float32), v.astype(np.float32), 1.0, T - 1, 0, None)
-    for p in cpu_c.cpu_paths():
-        cpu_c.set_path(p)
-        try:
-            got = cpu_c.attend_f16(0.2 * q, k, v)
-        finally:
-            cpu_c.set_path(None)
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=p)
-    with pytest.raises(ValueError):
-        cpu_c.attend_f16(q, k[:, :, :32], v)

@@ -281,12 +281,9 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     if not hasattr(mod, "qk_f16"):
         from ..kvcache.base import causal_softmax_attend
         return causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), scale, q_pos0, k_pos0, window)
-    # one query at the newest key sees every key from a window's start on: no mask to build
-    unmasked = n == 1 and q_pos0 >= k_pos0 + T - 1 and (window is None or k_pos0 > q_pos0 - window)
-    if unmasked and hasattr(mod, "attend_f16") and k.flags.c_contiguous and v.flags.c_contiguous:
-        return mod.attend_f16(q * np.float32(scale), k, v)
     s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
-    if not unmasked:
+    # one query at the newest key sees every key from a window's start on: no mask to build
+    if n > 1 or q_pos0 < k_pos0 + T - 1 or (window is not None and k_pos0 <= q_pos0 - window):
         qp = q_pos0 + np.arange(n)[:, None]
         kp = k_pos0 + np.arange(T)[None, :]
         mask = kp > qp
