@@ -337,19 +337,38 @@ static inline __attribute__((always_inline)) void FN(mm_rows_bsimd)(const uint8_
 #define TILE_NT 8       /* tokens per tile */
 #define TILE_RB 32      /* rows per block */
 #endif
+/* one K superblock's 256 codes as 8 vectors of 32 unsigned bytes in value order (vector j: values
+ * 32j .. 32j+31): Q4_K 0..15, Q6_K 0..63 (the 6-bit code, 32 above the value) */
+static inline __attribute__((always_inline)) void FN(q4k_codes)(const uint8_t *o, __m256i *c) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int g = 0; g < 4; g++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + 32 * g));
+        c[2 * g] = _mm256_and_si256(q, m4);
+        c[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    }
+}
+
+static inline __attribute__((always_inline)) void FN(q6k_codes)(const uint8_t *o, __m256i *c) {
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    for (int hh = 0; hh < 2; hh++) {
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(o + hh * 64));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + 32));
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
+        c[4 * hh] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+        c[4 * hh + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+        c[4 * hh + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+        c[4 * hh + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+    }
+}
+
 static inline __attribute__((always_inline)) void FN(tile_q4k)(const uint8_t *row, const int nt, int64_t k, const int8_t *xt,
         const float *dxt, const int32_t *st, float *res) {
-    const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc[TILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k / 256; i++) {
         const uint8_t *o = row + i * 144;
         __m256i qb[8];                     /* sub-block j codes 0..15 */
-        for (int g = 0; g < 4; g++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + 32 * g));
-            qb[2 * g] = _mm256_and_si256(q, m4);
-            qb[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        }
+        FN(q4k_codes)(o, qb);
         __m256 scf, mnf;                   /* scales and mins as in sb_q4k */
         FN(q4k_scales)(o, &scf, &mnf);
         const __m256 scd = _mm256_mul_ps(scf, _mm256_set1_ps(_cvtsh_ss(rd16(o))));
@@ -371,22 +390,15 @@ static inline __attribute__((always_inline)) void FN(tile_q4k)(const uint8_t *ro
 
 static inline __attribute__((always_inline)) void FN(tile_q6k)(const uint8_t *row, const int nt, int64_t k, const int8_t *xt,
         const float *dxt, const int32_t *st, float *res) {
-    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     __m256 acc[TILE_NT];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < k / 256; i++) {
         const uint8_t *o = row + i * 210;
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(o + 192)));  /* 16 scales */
         __m256i qb[8], scb[8];             /* sub-block codes 0..63 and their int16 scale pairs */
+        FN(q6k_codes)(o, qb);
         for (int hh = 0; hh < 2; hh++) {
             const __m256i sc = _mm256_permute4x64_epi64(sc16, hh ? 0xEE : 0x44);
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(o + hh * 64));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + 32));
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
-            qb[4 * hh] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
-            qb[4 * hh + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
-            qb[4 * hh + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
-            qb[4 * hh + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
             for (int p = 0; p < 4; p++) {
                 const __m256i pick = _mm256_set_m128i(_mm_set1_epi16((short)((4 * p + 2) | ((4 * p + 3) << 8))),
                                                       _mm_set1_epi16((short)((4 * p) | ((4 * p + 1) << 8))));
@@ -532,28 +544,14 @@ static inline __attribute__((always_inline)) void FN(gemm_unpack8)(const uint8_t
         int nu, __m256i *c, float *A, float *M, float *A1) {
     if (T == Q4_K || T == Q6_K) {
         const uint8_t *o = row + (u0 / 8) * (T == Q4_K ? 144 : 210);
-        const __m256i m4 = _mm256_set1_epi8(15);
         if (T == Q4_K) {
-            for (int g = 0; g < 4; g++) {
-                const __m256i q = _mm256_loadu_si256((const __m256i *)(o + 16 + 32 * g));
-                c[2 * g] = _mm256_and_si256(q, m4);
-                c[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            }
+            FN(q4k_codes)(o, c);
             __m256 scf, mnf;
             FN(q4k_scales)(o, &scf, &mnf);
             _mm256_storeu_ps(A, _mm256_mul_ps(scf, _mm256_set1_ps(_cvtsh_ss(rd16(o)))));
             _mm256_storeu_ps(M, _mm256_mul_ps(mnf, _mm256_set1_ps(_cvtsh_ss(rd16(o + 2)))));
         } else {
-            const __m256i m30 = _mm256_set1_epi8(0x30);
-            for (int hh = 0; hh < 2; hh++) {
-                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(o + hh * 64));
-                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(o + hh * 64 + 32));
-                const __m256i h = _mm256_loadu_si256((const __m256i *)(o + 128 + hh * 32));
-                c[4 * hh] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
-                c[4 * hh + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
-                c[4 * hh + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
-                c[4 * hh + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
-            }
+            FN(q6k_codes)(o, c);
             const float d = _cvtsh_ss(rd16(o + 208));
             for (int u = 0; u < 8; u++) {
                 A[u] = d * (float)(int8_t)o[192 + 2 * u];
