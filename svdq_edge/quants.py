@@ -34,11 +34,16 @@ def type_name(qtype: int) -> str:
         return f"type {qtype}"
 
 
-def row_bytes(qtype: int, n_cols: int) -> int:
-    """Bytes of one row of n_cols elements; fails loudly when the row does not fill whole blocks."""
+def _layout(qtype: int) -> tuple[int, int]:
+    """(elements, bytes) of one block of qtype; unsupported types fail loudly."""
     if qtype not in LAYOUTS:
         raise ValueError(f"unsupported tensor type {type_name(qtype)}")
-    blk, nbytes = LAYOUTS[qtype]
+    return LAYOUTS[qtype]
+
+
+def row_bytes(qtype: int, n_cols: int) -> int:
+    """Bytes of one row of n_cols elements; fails loudly when the row does not fill whole blocks."""
+    blk, nbytes = _layout(qtype)
     if n_cols % blk:
         raise ValueError(f"row size {n_cols} is not a multiple of {type_name(qtype)} block size {blk}")
     return n_cols // blk * nbytes
@@ -46,9 +51,7 @@ def row_bytes(qtype: int, n_cols: int) -> int:
 
 def row_cols(qtype: int, n_bytes: int) -> int:
     """Elements in a row of n_bytes (row_bytes inverted); fails loudly on a partial block."""
-    if qtype not in LAYOUTS:
-        raise ValueError(f"unsupported tensor type {type_name(qtype)}")
-    blk, nbytes = LAYOUTS[qtype]
+    blk, nbytes = _layout(qtype)
     if n_bytes % nbytes:
         raise ValueError(f"row of {n_bytes} bytes is not whole {type_name(qtype)} blocks of {nbytes}")
     return n_bytes // nbytes * blk

@@ -284,13 +284,18 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
     # one query at the newest key sees every key from a window's start on: no mask to build
     if n > 1 or q_pos0 < k_pos0 + T - 1 or (window is not None and k_pos0 <= q_pos0 - window):
-        qp = q_pos0 + np.arange(n)[:, None]
-        kp = k_pos0 + np.arange(T)[None, :]
-        mask = kp > qp
-        if window is not None:
-            mask |= kp <= qp - window
-        np.copyto(s, np.float32(-np.inf), where=mask[:, None, :])
+        np.copyto(s, np.float32(-np.inf), where=_attention_mask(n, T, q_pos0, k_pos0, window)[:, None, :])
     return mod.softmax_av_f16(s, v)
+
+
+def _attention_mask(n: int, T: int, q_pos0: int, k_pos0: int, window: int | None) -> np.ndarray:
+    """(n, T) True where query q_pos0 + i must not see key k_pos0 + j: later, or out of the window."""
+    qp = q_pos0 + np.arange(n)[:, None]
+    kp = k_pos0 + np.arange(T)[None, :]
+    mask = kp > qp
+    if window is not None:
+        mask |= kp <= qp - window
+    return mask
 
 
 def _attention_blas(q, k, v, scale, q_pos0, k_pos0, window):
@@ -298,12 +303,7 @@ def _attention_blas(q, k, v, scale, q_pos0, k_pos0, window):
     sliding-window) mask written in place, softmax.V (native where the backend has it)."""
     n, T = q.shape[0], k.shape[0]
     s = scores_f16(q * np.float32(scale), k)                                   # (KV, n, g, T)
-    qp = q_pos0 + np.arange(n)[:, None]
-    kp = k_pos0 + np.arange(T)[None, :]
-    mask = kp > qp                                                             # (n, T)
-    if window is not None:
-        mask |= kp <= qp - window
-    np.copyto(s, np.float32(-np.inf), where=mask[None, :, None, :])
+    np.copyto(s, np.float32(-np.inf), where=_attention_mask(n, T, q_pos0, k_pos0, window)[None, :, None, :])
     return softmax_av(s, v, 1 if v.dtype == np.float16 else 0)
 
 

@@ -367,7 +367,6 @@ class SVDqCache:
             scores = np.empty((KV, n, grp, T), np.float32)                              # (KV, n, g, T)
             scores[..., :S] = sf[..., :S]
             scores[..., S + t_pack:] = sf[..., S:]
-        if t_pack:
             if kp is not None:
                 self._rebuilt_scores(q, kp, scores.reshape(KV, n * grp, T)[:, :, S:S + t_pack])
             else:
