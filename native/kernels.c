@@ -485,6 +485,40 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
     return 0;
 }
 
+static void merge_chunks(const float *acc, const float *ml, int64_t groups, int64_t nch, int64_t H, int64_t KV,
+                         int64_t d, float *out);
+
+/* a decode query's attention over T f16 keys and values with no mask (a window layer, or an f16
+ * cache): per (KV head, token chunk) item the scores, softmax and V sums in one parallel region
+ * (flash-decoding: each thread one chunk even with one KV head), then merged. q (H, d) scaled,
+ * k, v (T, KV, d), scores (H, T) scratch, out (H, d). */
+int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned short *v, long long H, long long KV,
+                    long long d, long long T, float *scores, float *out) {
+    if (T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV) return -3;
+    const int64_t g = H / KV;
+    const int nt = svdq_get_threads();
+    int64_t nch = (nt + KV - 1) / KV;                       /* chunks per KV head: an item per thread ... */
+    if (nch > T / 64) nch = T / 64;                         /* ... of at least 64 tokens */
+    if (nch < 1) nch = 1;
+    const int64_t items = KV * nch;
+    float *acc = (float *)malloc((size_t)(items * g * d) * sizeof(float));   /* (items, g, d) */
+    float *ml = (float *)malloc((size_t)(items * g * 2) * sizeof(float));    /* (items, 2, g) max, sum */
+    int32_t *idx = (int32_t *)malloc((size_t)(KV * T) * sizeof(int32_t));    /* (KV, T) */
+    if (!acc || !ml || !idx) { free(acc); free(ml); free(idx); return -5; }
+    PARALLEL_ROWS(items, for (int64_t it = r0; it < r1; it++) {
+        const int64_t kv = it / nch;            /* (no commas: this is a macro argument) */
+        const int64_t t0 = T * (it % nch) / nch;
+        const int64_t t1 = T * (it % nch + 1) / nch;
+        float *s = scores + kv * g * T;
+        BY_PATH(qk_group, q + kv * g * d, k, KV, d, kv, g, t0, t1, s, T);
+        BY_PATH(sav_chunk, s, g, T, t0, t1, (const uint8_t *)v, F16, 2 * d, KV, d, kv, idx + kv * T + t0,
+                acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
+    });
+    merge_chunks(acc, ml, KV, nch, H, KV, d, out);
+    free(acc); free(ml); free(idx);
+    return 0;
+}
+
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
                         long long d, long long T, float *out) {
     return svdq_softmax_av(scores, (const unsigned char *)v, F16, nq, H, KV, d, T, 0, 0, 0, 0, out);
@@ -502,9 +536,37 @@ int svdq_softmax_av(float *scores, const unsigned char *v, int vtype, long long 
     return softmax_av(scores, v, vtype, vrb, nq, H, KV, d, T, kv_major != 0, out);
 }
 
+/* out (nq, H, d) from softmax.V's per-chunk results: items (group, chunk) with acc (items, g, d) and
+ * ml (items, 2, g) each chunk's max and sum, merged per head with the factors exp(m_c - M) */
+static void merge_chunks(const float *acc, const float *ml, int64_t groups, int64_t nch, int64_t H, int64_t KV,
+                         int64_t d, float *out) {
+    const int64_t g = H / KV;
+    for (int64_t grp = 0; grp < groups; grp++) {
+        const int64_t i = grp / KV, kv = grp % KV;
+        for (int64_t h = 0; h < g; h++) {
+            float M = -INFINITY, L = 0.0f;
+            for (int64_t c = 0; c < nch; c++) { const float mc = ml[(grp * nch + c) * g * 2 + h]; M = mc > M ? mc : M; }
+            float *o = out + (i * H + kv * g + h) * d;
+            for (int64_t e = 0; e < d; e++) o[e] = 0.0f;
+            if (M == -INFINITY) continue;                   /* every token masked: zero output */
+            for (int64_t c = 0; c < nch; c++) {
+                const int64_t it = grp * nch + c;
+                const float mc = ml[it * g * 2 + h];
+                if (mc == -INFINITY) continue;
+                const float f = expf(mc - M);
+                L += f * ml[it * g * 2 + g + h];
+                const float *a = acc + (it * g + h) * d;
+                for (int64_t e = 0; e < d; e++) o[e] += f * a[e];
+            }
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+            for (int64_t e = 0; e < d; e++) o[e] *= inv;
+        }
+    }
+}
+
 /* softmax.V for nq queries over V rows of type vtype (vrb bytes per head row): work items are
- * (query, KV head, token chunk); each chunk keeps its own max, sum and (g, d) accumulator, merged
- * here with the factors exp(m_c - M) */
+ * (query, KV head, token chunk); each chunk keeps its own max, sum and (g, d) accumulator
+ * (merge_chunks) */
 static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
                       int64_t d, int64_t T, int kv_major, float *out) {
     const int64_t g = H / KV, groups = nq * KV;
@@ -528,27 +590,7 @@ static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, i
         BY_PATH(sav_chunk, group_rows(scores, i, kv, nq, H, KV, T, kv_major), g, T, t0, t1, v, vtype, vrb, KV, d, kv,
                 idx + grp * T + t0, acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
     });
-    for (int64_t grp = 0; grp < groups; grp++) {
-        const int64_t i = grp / KV, kv = grp % KV;
-        for (int64_t h = 0; h < g; h++) {
-            float M = -INFINITY, L = 0.0f;
-            for (int64_t c = 0; c < nch; c++) { const float mc = ml[(grp * nch + c) * g * 2 + h]; M = mc > M ? mc : M; }
-            float *o = out + (i * H + kv * g + h) * d;
-            for (int64_t e = 0; e < d; e++) o[e] = 0.0f;
-            if (M == -INFINITY) continue;                   /* every token masked: zero output */
-            for (int64_t c = 0; c < nch; c++) {
-                const int64_t it = grp * nch + c;
-                const float mc = ml[it * g * 2 + h];
-                if (mc == -INFINITY) continue;
-                const float f = expf(mc - M);
-                L += f * ml[it * g * 2 + g + h];
-                const float *a = acc + (it * g + h) * d;
-                for (int64_t e = 0; e < d; e++) o[e] += f * a[e];
-            }
-            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-            for (int64_t e = 0; e < d; e++) o[e] *= inv;
-        }
-    }
+    merge_chunks(acc, ml, groups, nch, H, KV, d, out);
     free(acc); free(ml); free(idx);
     return 0;
 }

@@ -278,6 +278,71 @@ static void FN(qk_rows)(const float *q, const uint16_t *k, int64_t nq, int64_t H
                 out[(i * H + h) * T + t] = FN(dot_f16)(q + (i * H + h) * d, k + (t * KV + h / g) * d, d);
 }
 
+/* the g query heads q (g, d) of KV head kv against f16 keys t0..t1 (k: (T, KV, d) rows) -> s (g
+ * rows, stride T). x86: each key row converted once for the g heads, one accumulator per head
+ * (qk_rows converts it per head and ran 3x slower on a window layer's 4 heads) */
+#ifdef SIMD_X86
+static inline __attribute__((always_inline)) void FN(qk_group_tile)(const float *q, const uint16_t *k, int64_t KV,
+        int64_t d, int64_t kv, const int G, int64_t t0, int64_t t1, float *s, int64_t T) {
+    for (int64_t t = t0; t < t1; t++) {
+        const uint16_t *kr = k + (t * KV + kv) * d;
+        __m256 acc[8];
+        for (int h = 0; h < G; h++) acc[h] = _mm256_setzero_ps();
+        for (int64_t e = 0; e < d; e += 8) {
+            const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + e)));
+            for (int h = 0; h < G; h++) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * d + e), x, acc[h]);
+        }
+        for (int h = 0; h < G; h++) s[h * T + t] = FN(hsum8)(acc[h]);
+    }
+}
+
+#ifdef X86_VNNI
+/* the avx512 copy: 16 values per step, one zmm accumulator per head */
+static inline __attribute__((always_inline)) void FN(qk_group_tile16)(const float *q, const uint16_t *k, int64_t KV,
+        int64_t d, int64_t kv, const int G, int64_t t0, int64_t t1, float *s, int64_t T) {
+    for (int64_t t = t0; t < t1; t++) {
+        const uint16_t *kr = k + (t * KV + kv) * d;
+        __m512 acc[8];
+        for (int h = 0; h < G; h++) acc[h] = _mm512_setzero_ps();
+        for (int64_t e = 0; e < d; e += 16) {
+            const __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kr + e)));
+            for (int h = 0; h < G; h++) acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * d + e), x, acc[h]);
+        }
+        for (int h = 0; h < G; h++) s[h * T + t] = _mm512_reduce_add_ps(acc[h]);
+    }
+}
+#define QK_TILE FN(qk_group_tile16)
+#define QK_STEP 16
+#else
+#define QK_TILE FN(qk_group_tile)
+#define QK_STEP 8
+#endif
+#endif
+
+static void FN(qk_group)(const float *q, const uint16_t *k, int64_t KV, int64_t d, int64_t kv, int64_t g,
+                         int64_t t0, int64_t t1, float *s, int64_t T) {
+#ifdef SIMD_X86
+    if (d % QK_STEP == 0 && g <= 8) {
+        switch (g) {   /* a constant G keeps the accumulators in registers */
+        case 1: QK_TILE(q, k, KV, d, kv, 1, t0, t1, s, T); return;
+        case 2: QK_TILE(q, k, KV, d, kv, 2, t0, t1, s, T); return;
+        case 3: QK_TILE(q, k, KV, d, kv, 3, t0, t1, s, T); return;
+        case 4: QK_TILE(q, k, KV, d, kv, 4, t0, t1, s, T); return;
+        case 5: QK_TILE(q, k, KV, d, kv, 5, t0, t1, s, T); return;
+        case 6: QK_TILE(q, k, KV, d, kv, 6, t0, t1, s, T); return;
+        case 7: QK_TILE(q, k, KV, d, kv, 7, t0, t1, s, T); return;
+        default: QK_TILE(q, k, KV, d, kv, 8, t0, t1, s, T); return;
+        }
+    }
+#endif
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t h = 0; h < g; h++) s[h * T + t] = FN(dot_f16)(q + h * d, k + (t * KV + kv) * d, d);
+}
+#ifdef SIMD_X86
+#undef QK_TILE
+#undef QK_STEP
+#endif
+
 static void FN(act_mul_tail)(const float *g, const float *u, int64_t i0, int64_t m, int act, float *out) {
     for (int64_t i = i0; i < m; i++) {
         const float x = g[i];
@@ -365,6 +430,62 @@ static inline __attribute__((always_inline)) void FN(av_tile)(const float *p, in
     }
 }
 
+#ifdef X86_VNNI
+/* the avx512 copy: per token the G weights broadcast once and NZ zmm of the V row (16 NZ values
+ * of d per tile) feed G NZ fmas, accumulators in registers (G NZ <= 16) */
+static inline __attribute__((always_inline)) void FN(av_tile16)(const float *p, int64_t T, const int G, const int NZ,
+        const uint16_t *v, int64_t vstride, const float *vf, const int F32R, const int32_t *idx, int64_t n,
+        int64_t d, float *acc) {
+    float wt[128 * 8];                                      /* (128, G) the tile's weights, token-major */
+    for (int64_t u0 = 0; u0 < n; u0 += 128) {
+        const int64_t u1 = u0 + 128 < n ? u0 + 128 : n;
+        for (int64_t u = u0; u < u1; u++)
+            for (int h = 0; h < G; h++) wt[(u - u0) * G + h] = p[h * T + idx[u]];
+        for (int64_t dc = 0; dc < d; dc += 16 * NZ) {
+            __m512 a[8][4];
+            for (int h = 0; h < G; h++)
+                for (int z = 0; z < NZ; z++) a[h][z] = _mm512_loadu_ps(acc + h * d + dc + 16 * z);
+            for (int64_t u = u0; u < u1; u++) {
+                __m512 x[4];
+                for (int z = 0; z < NZ; z++)
+                    x[z] = F32R ? _mm512_loadu_ps(vf + u * d + dc + 16 * z)
+                                : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + idx[u] * vstride + dc + 16 * z)));
+                const float *w = wt + (u - u0) * G;
+                for (int h = 0; h < G; h++) {
+                    const __m512 wh = _mm512_set1_ps(w[h]);
+                    for (int z = 0; z < NZ; z++) a[h][z] = _mm512_fmadd_ps(wh, x[z], a[h][z]);
+                }
+            }
+            for (int h = 0; h < G; h++)
+                for (int z = 0; z < NZ; z++) _mm512_storeu_ps(acc + h * d + dc + 16 * z, a[h][z]);
+        }
+    }
+}
+/* G <= 4 and d % 64 == 0: 4 zmm (64 values) per tile, else 2 (32 values) where d % 32 == 0, else ymm */
+#define AV_TILE16_G(IDX_, N_, VF_, F32R_)                                                                   \
+    if (g <= 4 && d % 64 == 0) {                                                                    \
+        switch (g) {                                                                                \
+        case 1: FN(av_tile16)(s, T, 1, 4, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 2: FN(av_tile16)(s, T, 2, 4, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 3: FN(av_tile16)(s, T, 3, 4, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        default: FN(av_tile16)(s, T, 4, 4, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;            \
+        }                                                                                           \
+    } else if (d % 32 == 0) {                                                                       \
+        switch (g) {                                                                                \
+        case 1: FN(av_tile16)(s, T, 1, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 2: FN(av_tile16)(s, T, 2, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 3: FN(av_tile16)(s, T, 3, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 4: FN(av_tile16)(s, T, 4, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 5: FN(av_tile16)(s, T, 5, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 6: FN(av_tile16)(s, T, 6, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        case 7: FN(av_tile16)(s, T, 7, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;             \
+        default: FN(av_tile16)(s, T, 8, 2, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;            \
+        }                                                                                           \
+    } else
+#else
+#define AV_TILE16_G(IDX_, N_, VF_, F32R_)
+#endif
+
 #define AV_TILE_G(IDX_, N_, VF_, F32R_)                                                                     \
     switch (g) {   /* a constant G keeps the accumulators in registers */                          \
     case 1: FN(av_tile)(s, T, 1, vh, vs, VF_, F32R_, IDX_, N_, d, acc); break;                         \
@@ -446,14 +567,14 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
     const int64_t vs = vstride / 2;                         /* in f16 elements */
 #ifdef SIMD_X86
     if (d % 8 == 0 && g <= 8) {
-        if (vtype == F16) { AV_TILE_G(idx, n, NULL, 0) return; }
+        if (vtype == F16) { AV_TILE16_G(idx, n, NULL, 0) AV_TILE_G(idx, n, NULL, 0) return; }
         /* quantized rows: a tile of up to 8192 values dequantized at a time, then accumulated as f16 rows are */
         float vf[8192];
         const int64_t tile = 8192 / d;
         for (int64_t u0 = 0; u0 < n; u0 += tile) {
             const int64_t nt = n - u0 < tile ? n - u0 : tile;
             for (int64_t u = 0; u < nt; u++) FN(dequant_v_row)(vk + idx[u0 + u] * vstride, vtype, d, vf + u * d);
-            AV_TILE_G(idx + u0, nt, vf, 1)
+            AV_TILE16_G(idx + u0, nt, vf, 1) AV_TILE_G(idx + u0, nt, vf, 1)
         }
         return;
     }
@@ -483,6 +604,7 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
 
 #ifdef SIMD_X86
 #undef AV_TILE_G
+#undef AV_TILE16_G
 #endif
 
 /* Tokens [t0, t1) of the g query heads s (g rows, stride T) that share KV head kv: per head the

@@ -28,6 +28,10 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
                 long long d, long long T, float *out);
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
                         long long d, long long T, float *out);
+/* one decode query over all T f16 keys and values (no mask): q (H, d) scaled, scores (H*T,) scratch,
+ * out (H, d) */
+int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned short *v, long long H, long long KV,
+                    long long d, long long T, float *scores, float *out);
 /* softmax.V over V rows of vtype F16, Q8_0 or Q4_0 ((T, KV, d) as GGML rows); scores (nq, H, T), or
  * with kv_major (KV, nq, H/KV, T); with 0 < k < n each query's KV head group keeps only its k best
  * tokens of [p0, p0 + n) besides the others (token sparsity); scores are overwritten */

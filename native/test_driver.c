@@ -15,7 +15,7 @@
 #include "svdq_edge.h"
 
 enum { OP_MATMUL = 1, OP_DEQUANT = 2, OP_GET_ROWS = 3, OP_LATENT = 4, OP_QK = 5, OP_SOFTMAX_AV = 6, OP_LATENT_ATTEND = 7,
-       OP_SOFTMAX_AV_ROWS = 8 };
+       OP_SOFTMAX_AV_ROWS = 8, OP_ATTEND = 9 };
 #define MAXBUF 14
 #define NPARAM 16
 
@@ -33,6 +33,7 @@ static int64_t out_count(int64_t op, const int64_t *p) {
     case OP_SOFTMAX_AV: c = p[0] * p[1] * p[3]; break;      /* (nq, H, d) */
     case OP_LATENT_ATTEND: c = p[6] * p[8]; break;          /* (H, d) */
     case OP_SOFTMAX_AV_ROWS: c = p[0] * p[1] * p[3]; break; /* (nq, H, d) */
+    case OP_ATTEND: c = p[0] * p[2]; break;                 /* (H, d) */
     default: c = 0;
     }
     return c > 0 ? c : 0;
@@ -94,6 +95,11 @@ static int64_t call(int64_t op, const int64_t *p, unsigned char **b, const int64
         return svdq_softmax_av((float *)b[0], b[1], (int)p[5], p[0], p[1], p[2], p[3], p[4], p[6], p[7], p[8],
                                (int)p[9], out);
     }
+    case OP_ATTEND:       /* p: H, KV, d, T; b: q float (H, d), k, v f16 bits (T, KV, d), scores float (H, T) */
+        if (nbuf != 4 || nbytes[0] != 4 * p[0] * p[2] || nbytes[1] != 2 * p[3] * p[1] * p[2] || nbytes[2] != nbytes[1]
+            || nbytes[3] != 4 * p[0] * p[3]) return -101;
+        return svdq_attend_f16((const float *)b[0], (const unsigned short *)b[1], (const unsigned short *)b[2], p[0],
+                               p[1], p[2], p[3], (float *)b[3], out);
     default:
         return -101;
     }

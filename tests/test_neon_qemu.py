@@ -33,7 +33,7 @@ from svdq_edge.rope import RoPE
 NATIVE = Path(__file__).resolve().parent.parent / "native"
 CFLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fopenmp", "-I", str(NATIVE)]
 OP = {"matmul": 1, "dequant": 2, "get_rows": 3, "latent": 4, "qk": 5, "softmax_av": 6, "latent_attend": 7,
-      "softmax_av_rows": 8}
+      "softmax_av_rows": 8, "attend": 9}
 SCALAR, AVX2, AVX512, NEON, NEON_DOT, AUTO = 0, 1, 2, 3, 4, -1
 CROSS_GCC = shutil.which("aarch64-linux-gnu-gcc")
 QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
@@ -237,6 +237,14 @@ def build_cases() -> list[Case]:
         size = np.einsum("nhd,thd->nht", np.abs(q).astype(np.float64), np.abs(kg))
         cases.append(Case("attention", f"qk {nq},{H},{KV},{d},{Tn}", "qk", [nq, H, KV, d, Tn], [q, k.view(np.uint16)],
                           _expect_close(want, size)))
+        if nq == 1:   # one decode query's whole attention in one call (token chunks per thread, merged)
+            sc = want[0] - want[0].max(axis=1, keepdims=True)
+            pw = np.exp(sc) / np.exp(sc).sum(axis=1, keepdims=True)                              # (H, T)
+            vv = rng.standard_normal((Tn, KV, d)).astype(np.float16)
+            vg = np.repeat(vv.astype(np.float64), H // KV, axis=1)                               # (T, H, d)
+            cases.append(Case("attention", f"attend {H},{KV},{d},{Tn}", "attend", [H, KV, d, Tn],
+                              [q, k.view(np.uint16), vv.view(np.uint16), np.zeros(H * Tn, np.float32)],
+                              _expect_close(np.einsum("ht,thd->hd", pw, vg), np.abs(vg).max(), 1e-4)))
         s = (rng.standard_normal((nq, H, Tn)) * 3).astype(np.float32)
         s[..., Tn // 2 + 1:] = -np.inf                       # masked tail; one fully masked row
         s[0, 0, :] = -np.inf

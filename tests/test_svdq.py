@@ -79,6 +79,34 @@ def test_batched_scores_dequantize_every_block_like_the_oracle(widths):
     assert np.allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+
+@pytest.mark.parametrize("H,KV,d", [(4, 1, 256), (8, 2, 64), (7, 1, 64), (6, 3, 48), (3, 1, 20)])
+@pytest.mark.parametrize("T", [1, 7, 129, 700])
+def test_one_call_decode_attention_matches_reference(H, KV, d, T):
+    """cpu_c.attend_f16 (a decode query's attention in one native call: scores, softmax and V per
+    token chunk on each thread, merged) on every C path, with 1 and 2 threads, against the numpy
+    oracle; shapes take the zmm and ymm tiles and the plain loops (d not a multiple of 8); and its
+    size check."""
+    from svdq_edge.kernels import cpu_c
+    rng = np.random.default_rng(T * d + H)
+    q = rng.standard_normal((1, H, d)).astype(np.float32)
+    k = rng.standard_normal((T, KV, d)).astype(np.float16)
+    v = rng.standard_normal((T, KV, d)).astype(np.float16)
+    ref = causal_softmax_attend(0.2 * q, k.astype(np.float32), v.astype(np.float32), 1.0, T - 1, 0, None)
+    try:
+        for nt in (1, 2):
+            cpu_c.set_threads(nt)
+            for p in cpu_c.cpu_paths():
+                cpu_c.set_path(p)
+                got = cpu_c.attend_f16(0.2 * q, k, v)
+                np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=f"{p} threads {nt}")
+    finally:
+        cpu_c.set_path(None)
+        cpu_c.set_threads(0)
+    with pytest.raises(ValueError):
+        cpu_c.attend_f16(q, k[:, :, : d // 2], v)
+
+
 @pytest.mark.parametrize("n,T,window,back", [(16, 16, None, 0), (40, 300, None, 0), (33, 100, 48, 0), (64, 64, 32, 0),
                                              (1, 100, 48, 0), (1, 30, 48, 0), (1, 30, None, 0), (1, 30, None, 5),
                                              (3, 40, 16, 2)])

@@ -281,9 +281,12 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     if not hasattr(mod, "qk_f16"):
         from ..kvcache.base import causal_softmax_attend
         return causal_softmax_attend(q, k.astype(np.float32), v.astype(np.float32), scale, q_pos0, k_pos0, window)
-    s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
     # one query at the newest key sees every key from a window's start on: no mask to build
-    if n > 1 or q_pos0 < k_pos0 + T - 1 or (window is not None and k_pos0 <= q_pos0 - window):
+    unmasked = n == 1 and q_pos0 >= k_pos0 + T - 1 and (window is None or k_pos0 > q_pos0 - window)
+    if unmasked and hasattr(mod, "attend_f16") and k.flags.c_contiguous and v.flags.c_contiguous:
+        return mod.attend_f16(q * np.float32(scale), k, v)
+    s = mod.qk_f16(q * np.float32(scale), k)                                   # (n, H, T)
+    if not unmasked:
         np.copyto(s, np.float32(-np.inf), where=_attention_mask(n, T, q_pos0, k_pos0, window)[:, None, :])
     return mod.softmax_av_f16(s, v)
 

@@ -302,6 +302,24 @@ def qk_f16(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
+def attend_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One decode query's attention over every key, no mask: q float32 (1, H, d) (scaled), k, v
+    float16 (T, KV, d) C-contiguous -> (1, H, d). One native call (scores, softmax and V per token
+    chunk on each thread, then merged)."""
+    _, H, d = q.shape
+    T, KV, dk = k.shape
+    if (q.shape[0] != 1 or dk != d or k.dtype != np.float16 or v.dtype != np.float16 or v.shape != k.shape or
+            H % KV or not k.flags.c_contiguous or not v.flags.c_contiguous or T == 0):
+        raise ValueError(f"attend_f16: q {q.shape} k {k.shape} {k.dtype} v {v.shape} {v.dtype} do not match")
+    q = _f32c(q)
+    scores = _buf("attend_scores", H * T)                                       # (H*T,) scratch
+    out = np.empty((1, H, d), np.float32)                                      # (1, H, d)
+    _ok(lib.svdq_attend_f16(_ptr(q, "float *"), _ptr(k.view(np.uint16), "unsigned short *"),
+                            _ptr(v.view(np.uint16), "unsigned short *"), H, KV, d, T, _ptr(scores, "float *"),
+                            _ptr(out, "float *")), "attend_f16")
+    return out
+
+
 def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
     """scores: float32 (n, H, T) (-inf = masked; overwritten), v: float16 (T, KV, d) -> (n, H, d).
     V rows are read only where the softmax weight is nonzero."""
