@@ -348,11 +348,23 @@ static inline float *group_rows(float *s, int64_t i, int64_t kv, int64_t nq, int
 /* Token sparsity of nq queries (one decode query, or a prefill pass): each query's KV head group
  * keeps its k best packed tokens (ranked by sav_topk) with the sinks and window; out (nq, H, d) =
  * acc / l per head. Only the kept tokens' weights are computed and their V rows read. */
+static int topk_group_split(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
+                            int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, int nt, float *out);
+
 static int topk_softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H,
                            int64_t KV, int64_t d, int64_t T, int64_t p0, int64_t n, int64_t k, int kv_major,
                            float *out) {
     const int64_t g = H / KV;
     const int nt = svdq_get_threads();
+    if (nq * KV < nt && n >= 2048) {      /* fewer groups than threads (a decode query, one KV head) */
+        for (int64_t grp = 0; grp < nq * KV; grp++) {
+            const int64_t i = grp / KV, kv = grp % KV;
+            const int rc = topk_group_split(group_rows(scores, i, kv, nq, H, KV, T, kv_major), g, T, p0, n, k, v,
+                                            vtype, vrb, KV, d, kv, nt, out + (i * H + kv * g) * d);
+            if (rc) return rc;
+        }
+        return 0;
+    }
     const size_t per = (size_t)(2 * g + n + 2 * T + g * d);  /* per thread: m, l (g,), u (n,), w, idx (T,), acc (g, d) */
     float *work = (float *)malloc((size_t)nt * per * sizeof(float));
     if (!work) return -5;
@@ -373,6 +385,73 @@ static int topk_softmax_av(float *scores, const uint8_t *v, int vtype, int64_t v
         }
     });
     free(work);
+    return 0;
+}
+
+static inline int team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* One query's KV head group of g heads s (g rows, stride T) under token sparsity on all nt threads
+ * (sav_topk's steps split by token range): the heads' maxima and the ranks u of each thread's
+ * range, the cut once, then each thread's kept tokens with their own sums; out (g, d) = their
+ * total over the total weight (every range uses the same maxima m_h, so nothing is rescaled). */
+static int topk_group_split(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
+                            int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, int nt, float *out) {
+    /* shared: mt (nt, g) range maxima, u (n,), w (n,) and bins (n,) for the cut; per thread: m, l
+     * (g,), w (T,), idx (T,), acc (g, d) */
+    const size_t per = (size_t)(2 * g + 2 * T + g * d);
+    float *buf = (float *)malloc(((size_t)(nt * g + 3 * n) + (size_t)nt * per) * sizeof(float));
+    if (!buf) return -5;
+    float *mt = buf, *u = mt + nt * g, *wsh = u + n;
+    int32_t *bins = (int32_t *)(wsh + n);
+    float *thr = (float *)(bins + n);
+    float cut = -INFINITY;
+    int nth = 1;
+    _Pragma("omp parallel num_threads(nt)")
+    {
+        const int id = thread_id(), team = team_size();
+        float *m = thr + (size_t)id * per;
+        float *l = m + g;
+        float *w = l + g;
+        int32_t *idx = (int32_t *)(w + T);
+        float *acc = (float *)(idx + T);
+        const int64_t a = T * id / team, b = T * (id + 1) / team;
+        BY_PATH(group_max, s, g, T, a, b, mt + id * g);
+        _Pragma("omp barrier")
+        for (int64_t h = 0; h < g; h++) {
+            float mx = -INFINITY;
+            for (int j = 0; j < team; j++) mx = mt[j * g + h] > mx ? mt[j * g + h] : mx;
+            m[h] = mx;
+        }
+        const int64_t ua = a > p0 ? a : p0, ub = b < p0 + n ? b : p0 + n;
+        if (ua < ub) BY_PATH(group_u, s, g, T, p0, ua, ub, m, u);
+        _Pragma("omp barrier")
+        _Pragma("omp single")
+        {
+            nth = team;
+            BY_PATH(kth_cut, u, n, k, wsh, bins, &cut);
+        }                                                   /* (single ends with a barrier) */
+        BY_PATH(sav_kept, s, g, T, p0, n, a, b, cut, m, u, v, vtype, vrb, KV, d, kv, w, idx, acc, l);
+    }
+    for (int64_t h = 0; h < g; h++) {
+        float L = 0.0f;
+        float *o = out + h * d;
+        for (int64_t e = 0; e < d; e++) o[e] = 0.0f;
+        for (int j = 0; j < nth; j++) {
+            const float *m = thr + (size_t)j * per;
+            L += m[g + h];
+            const float *acc = m + 2 * g + 2 * T + h * d;
+            for (int64_t e = 0; e < d; e++) o[e] += acc[e];
+        }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        for (int64_t e = 0; e < d; e++) o[e] *= inv;
+    }
+    free(buf);
     return 0;
 }
 

@@ -557,6 +557,16 @@ static inline float FN(exp_sub)(float *x, int64_t n, float mx) {
     return sum;
 }
 
+#ifdef SIMD_X86
+/* the cache lines of one V row of nb bytes requested ahead: the rows a decode query keeps are
+ * scattered over the cache, and without this each one's misses came one row at a time (a global
+ * Gemma layer's 1024 Q4_0 rows took ~170 us cold against ~30 hot) */
+static inline void FN(prefetch_row)(const uint8_t *row, int64_t nb) {
+    for (int64_t o = 0; o < nb; o += 64) _mm_prefetch((const char *)(row + o), _MM_HINT_T0);
+}
+#define VPF 16                                              /* rows requested ahead of the dequantization */
+#endif
+
 /* acc (g, d) = sum over the n listed tokens idx of p_h[t] v_t (p: g rows, stride T); V rows of
  * type vtype (F16, or GGML Q8_0 / Q4_0 blocks: vrb bytes per head row, d <= 1024) lie vstride
  * bytes apart from vk; each V row is read once for the g heads */
@@ -567,14 +577,22 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
     const int64_t vs = vstride / 2;                         /* in f16 elements */
 #ifdef SIMD_X86
     if (d % 8 == 0 && g <= 8) {
-        if (vtype == F16) { AV_TILE16_G(idx, n, NULL, 0) AV_TILE_G(idx, n, NULL, 0) return; }
+        if (vtype == F16) {
+            for (int64_t u = 0; u < n; u++) FN(prefetch_row)(vk + idx[u] * vstride, vrb);
+            AV_TILE16_G(idx, n, NULL, 0) { AV_TILE_G(idx, n, NULL, 0) }
+            return;
+        }
         /* quantized rows: a tile of up to 8192 values dequantized at a time, then accumulated as f16 rows are */
         float vf[8192];
         const int64_t tile = 8192 / d;
+        for (int64_t u = 0; u < n && u < VPF; u++) FN(prefetch_row)(vk + idx[u] * vstride, vrb);
         for (int64_t u0 = 0; u0 < n; u0 += tile) {
             const int64_t nt = n - u0 < tile ? n - u0 : tile;
-            for (int64_t u = 0; u < nt; u++) FN(dequant_v_row)(vk + idx[u0 + u] * vstride, vtype, d, vf + u * d);
-            AV_TILE16_G(idx + u0, nt, vf, 1) AV_TILE_G(idx + u0, nt, vf, 1)
+            for (int64_t u = 0; u < nt; u++) {
+                if (u0 + u + VPF < n) FN(prefetch_row)(vk + idx[u0 + u + VPF] * vstride, vrb);
+                FN(dequant_v_row)(vk + idx[u0 + u] * vstride, vtype, d, vf + u * d);
+            }
+            AV_TILE16_G(idx + u0, nt, vf, 1) { AV_TILE_G(idx + u0, nt, vf, 1) }
         }
         return;
     }
@@ -699,52 +717,62 @@ static float FN(kth_largest)(const float *x, int64_t n, int64_t k, float *w, int
     return select_kth(w, m, k);
 }
 
-/* One query's KV head group of g heads s (g rows, stride T): m (g,) each head's max over all T
- * tokens, u (n,) = max over heads of s_h,t - m_h for the n packed tokens from p0 (the rank of
- * token sparsity) */
-static void FN(group_rank)(const float *s, int64_t g, int64_t T, int64_t p0, int64_t n, float *m, float *u) {
-    for (int64_t h = 0; h < g; h++) m[h] = FN(row_max)(s + h * T, 0, T);
-    for (int64_t t = 0; t < n; t++) u[t] = -INFINITY;
+/* per-head maxima m (g,) of the g rows s (stride T) over tokens [t0, t1) */
+static void FN(group_max)(const float *s, int64_t g, int64_t T, int64_t t0, int64_t t1, float *m) {
+    for (int64_t h = 0; h < g; h++) m[h] = FN(row_max)(s + h * T, t0, t1);
+}
+
+/* the rank of token sparsity for packed tokens [t0, t1) (within [p0, p0 + n)): u[t - p0] = max over
+ * heads of s_h,t - m_h, m the heads' maxima over all T tokens */
+static void FN(group_u)(const float *s, int64_t g, int64_t T, int64_t p0, int64_t t0, int64_t t1, const float *m,
+                        float *u) {
+    for (int64_t t = t0; t < t1; t++) u[t - p0] = -INFINITY;
     for (int64_t h = 0; h < g; h++) {                       /* u = max over heads of s - m_h */
         if (m[h] == -INFINITY) continue;
-        const float *row = s + h * T + p0;
-        int64_t t = 0;
+        const float *row = s + h * T;
+        int64_t t = t0;
 #ifdef SIMD_X86
         const __m256 vm = _mm256_set1_ps(m[h]);
-        for (; t + 8 <= n; t += 8)
-            _mm256_storeu_ps(u + t, _mm256_max_ps(_mm256_loadu_ps(u + t), _mm256_sub_ps(_mm256_loadu_ps(row + t), vm)));
+        for (; t + 8 <= t1; t += 8)
+            _mm256_storeu_ps(u + t - p0, _mm256_max_ps(_mm256_loadu_ps(u + t - p0), _mm256_sub_ps(_mm256_loadu_ps(row + t), vm)));
 #endif
-        for (; t < n; t++) { const float x = row[t] - m[h]; u[t] = x > u[t] ? x : u[t]; }
+        for (; t < t1; t++) { const float x = row[t] - m[h]; u[t - p0] = x > u[t - p0] ? x : u[t - p0]; }
     }
 }
 
-/* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
- * the head's max over all T tokens; the n packed tokens from p0 ranked by u_t = max_h (s_h,t - m_h);
- * the k best (all tied at the cut) with every unmasked sink [0, p0) and window token [p0 + n, T)
- * form the set whose weights exp(s - m_h) are written over s and whose V rows are read once into
- * acc (g, d); l (g) the sums. Scratch: m (g,), u (n,), w (T,), idx (T,). */
-static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
-                         int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w,
-                         int32_t *idx, float *acc, float *l) {
-    FN(group_rank)(s, g, T, p0, n, m, u);
-    const float cut = FN(kth_largest)(u, n, k, w, idx);
+/* One query's KV head group of g heads s (g rows, stride T): m (g,) each head's max over all T
+ * tokens, u (n,) the rank of the n packed tokens from p0 */
+static void FN(group_rank)(const float *s, int64_t g, int64_t T, int64_t p0, int64_t n, float *m, float *u) {
+    FN(group_max)(s, g, T, 0, T, m);
+    FN(group_u)(s, g, T, p0, p0, p0 + n, m, u);
+}
+
+/* The tokens of [t0, t1) a decode query's KV head group keeps: every sink [0, p0) and window token
+ * [p0 + n, T) unmasked in some head, and the packed tokens ranked u >= cut; their weights
+ * exp(s - m_h) are written over s, l (g,) gets their sums and acc (g, d) their V rows' sums (read
+ * once each). Scratch: w, idx (t1 - t0,). */
+static void FN(sav_kept)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t t0, int64_t t1, float cut,
+                         const float *m, const float *u, const uint8_t *v, int vtype, int64_t vrb, int64_t KV,
+                         int64_t d, int64_t kv, float *w, int32_t *idx, float *acc, float *l) {
     int64_t ns = 0;
-    for (int64_t t = 0; t < p0; t++) {                      /* sinks: unless masked in every head */
+    const int64_t pe = p0 + n;
+    for (int64_t t = t0; t < (t1 < p0 ? t1 : p0); t++) {     /* sinks: unless masked in every head */
         int keep = 0;
         for (int64_t h = 0; h < g; h++) keep |= s[h * T + t] > -INFINITY;
         if (keep) idx[ns++] = (int32_t)t;
     }
-    int64_t t = 0;
+    int64_t t = t0 > p0 ? t0 : p0;
+    const int64_t te = t1 < pe ? t1 : pe;
 #ifdef SIMD_X86
     const __m256 vc = _mm256_set1_ps(cut > -INFINITY ? cut : -FLT_MAX);   /* -inf never kept */
-    for (; t + 8 <= n; t += 8) {
-        int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(u + t), vc, _CMP_GE_OQ));
-        while (bits) { idx[ns++] = (int32_t)(p0 + t + __builtin_ctz(bits)); bits &= bits - 1; }
+    for (; t + 8 <= te; t += 8) {
+        int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(u + t - p0), vc, _CMP_GE_OQ));
+        while (bits) { idx[ns++] = (int32_t)(t + __builtin_ctz(bits)); bits &= bits - 1; }
     }
 #endif
-    for (; t < n; t++)
-        if (u[t] >= cut && u[t] > -INFINITY) idx[ns++] = (int32_t)(p0 + t);
-    for (t = p0 + n; t < T; t++) {                          /* window */
+    for (; t < te; t++)
+        if (u[t - p0] >= cut && u[t - p0] > -INFINITY) idx[ns++] = (int32_t)t;
+    for (t = t0 > pe ? t0 : pe; t < t1; t++) {              /* window */
         int keep = 0;
         for (int64_t h = 0; h < g; h++) keep |= s[h * T + t] > -INFINITY;
         if (keep) idx[ns++] = (int32_t)t;
@@ -757,6 +785,23 @@ static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, 
         for (int64_t i = 0; i < ns; i++) row[idx[i]] = w[i];
     }
     FN(av_idx)(s, T, g, v + kv * vrb, KV * vrb, vtype, vrb, idx, ns, d, acc);
+}
+
+/* kth_largest as a statement (BY_PATH calls have no value) */
+static void FN(kth_cut)(const float *x, int64_t n, int64_t k, float *w, int32_t *bins, float *cut) {
+    *cut = FN(kth_largest)(x, n, k, w, bins);
+}
+
+/* Token sparsity for one decode query, one KV head's g query heads s (g rows, stride T): m_h =
+ * the head's max over all T tokens; the n packed tokens from p0 ranked by u_t = max_h (s_h,t - m_h);
+ * the k best (all tied at the cut) with every unmasked sink and window token kept (sav_kept).
+ * Scratch: m (g,), u (n,), w (T,), idx (T,). */
+static void FN(sav_topk)(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
+                         int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, float *m, float *u, float *w,
+                         int32_t *idx, float *acc, float *l) {
+    FN(group_rank)(s, g, T, p0, n, m, u);
+    const float cut = FN(kth_largest)(u, n, k, w, idx);
+    FN(sav_kept)(s, g, T, p0, n, 0, T, cut, m, u, v, vtype, vrb, KV, d, kv, w, idx, acc, l);
 }
 
 /* Token sparsity on prefill scores, in place (svdq_ref.topk_group_mask): for the g heads s (g rows,

@@ -258,7 +258,8 @@ def build_cases() -> list[Case]:
     # a prefill pass's softmax.V: scores per KV head, f16 / Q8_0 / Q4_0 V rows, top-k over the packed
     # range (ties at the cut), causal -inf in the window, one head fully masked
     for nq, H, KV, Tn, p0, P, k, vt in [(3, 14, 2, 700, 4, 640, 100, T.Q4_0), (2, 8, 1, 300, 0, 300, 0, T.Q8_0),
-                                        (4, 6, 3, 90, 2, 80, 79, T.F16), (2, 4, 2, 2000, 4, 1900, 37, T.Q8_0)]:
+                                        (4, 6, 3, 90, 2, 80, 79, T.F16), (2, 4, 2, 2000, 4, 1900, 37, T.Q8_0),
+                                        (1, 4, 1, 3000, 4, 2900, 200, T.Q4_0)]:
         d, g = 64, H // KV
         s = (rng.standard_normal((nq, H, Tn)) * 3).astype(np.float32)
         s[:, :, p0:p0 + P:3] = np.round(s[:, :, p0:p0 + P:3])

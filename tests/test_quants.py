@@ -222,7 +222,7 @@ ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0, 0), (14, 2, 64, 64, 3, 4, 37, 10, 0
 
 @pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb,vt", [(*c, 1) for c in ATTEND_CASES] + [
     (14, 2, 64, 64, 3, 4, 37, 10, 32, 2), (14, 2, 64, 128, 4, 4, 33, 0, 64, 8), (4, 1, 256, 24, 2, 0, 0, 0, 8, 2),
-    (8, 1, 64, 128, 12, 4, 50, 300, 128, 8)])
+    (8, 1, 64, 128, 12, 4, 50, 300, 128, 8), (4, 1, 256, 128, 17, 4, 20, 300, 128, 2)])
 def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk, rb, vt):
     """The one-call SVDq decode attention on every path against svdq_ref.decode_attend (float64);
     V as f16 (vt 1) or as GGML Q8_0 / Q4_0 rows (vt 8 / 2; the oracle reads gguf-py's dequantization)."""
@@ -438,11 +438,14 @@ def test_native_topk_mask_matches_oracle(n, H, KV, T, p0, P, k):
 
 @pytest.mark.parametrize("vtype", [T.F16, T.Q8_0, T.Q4_0])
 @pytest.mark.parametrize("n,H,KV,Tn,p0,P,k", [(5, 14, 2, 700, 4, 640, 100), (3, 8, 1, 300, 0, 300, 0),
-                                             (4, 6, 3, 90, 2, 80, 79), (2, 4, 2, 2000, 4, 1900, 37)])
+                                             (4, 6, 3, 90, 2, 80, 79), (2, 4, 2, 2000, 4, 1900, 37),
+                                             (1, 4, 1, 5000, 4, 4900, 300), (1, 8, 2, 3000, 0, 2990, 50)])
 def test_batch_softmax_av_matches_oracle(n, H, KV, Tn, p0, P, k, vtype):
     """A prefill pass's softmax.V (scores per KV head, f16 or Q8_0 / Q4_0 V rows, top-k) in C on every
     path and through the numpy fallback, against top-k masking by svdq_ref and a float64 softmax over
-    V dequantized by gguf.quants: causal -inf in the window, one head fully masked (zero output)."""
+    V dequantized by gguf.quants: causal -inf in the window, one head fully masked (zero output).
+    One query with fewer KV head groups than threads splits each group's top-k over the threads
+    (topk_group_split): run with 1, 2 and 3 threads."""
     from svdq_edge import kernels
     from svdq_edge.kernels import cpu_c, svdq_ref
     rng = np.random.default_rng(Tn + k + int(vtype))
@@ -464,13 +467,16 @@ def test_batch_softmax_av_matches_oracle(n, H, KV, Tn, p0, P, k, vtype):
     want = np.einsum("nkgt,tkd->nkgd", w.reshape(n, KV, g, Tn), vd).reshape(n, H, d)
     kvmajor = np.ascontiguousarray(s.reshape(n, KV, g, Tn).transpose(1, 0, 2, 3))   # (KV, n, g, Tn)
     tol = 1e-4 * np.abs(vd).max()
-    for p in cpu_c.cpu_paths():
-        cpu_c.set_path(p)
-        try:
-            got = cpu_c.softmax_av(kvmajor.copy(), v, int(vtype), p0, P, k)
-        finally:
-            cpu_c.set_path(None)
-        assert np.abs(got - want).max() < tol, p
+    for nt in ((1, 2, 3) if n == 1 else (0,)):
+        cpu_c.set_threads(nt)
+        for p in cpu_c.cpu_paths():
+            cpu_c.set_path(p)
+            try:
+                got = cpu_c.softmax_av(kvmajor.copy(), v, int(vtype), p0, P, k)
+            finally:
+                cpu_c.set_path(None)
+                cpu_c.set_threads(0)
+            assert np.abs(got - want).max() < tol, (p, nt)
     was = kernels.backend_name()
     kernels.use_backend("numpy")
     try:
