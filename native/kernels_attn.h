@@ -176,6 +176,46 @@ static inline __attribute__((always_inline)) void FN(latent_tile)(const uint8_t 
 #undef LATENT_WIDTH
 #endif
 
+#ifdef X86_VNNI
+/* the avx512 copy: the codes of 16 consecutive tokens from token t (a multiple of 8) of one channel
+ * row p as floats: the w*16 bits broadcast, each lane shifted to its token's bits and masked */
+static inline __m512 FN(codes16)(const uint8_t *p, const int w, int64_t t) {
+    if (w == 8) return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + t))));
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i v, sh;
+    if (w == 4) {                                           /* tokens 0-7 in the low word, 8-15 in the high */
+        uint32_t x[2];
+        memcpy(x, p + t / 2, 8);
+        v = _mm512_inserti64x4(_mm512_set1_epi32((int)x[0]), _mm256_set1_epi32((int)x[1]), 1);
+        sh = _mm512_slli_epi32(_mm512_and_si512(lane, _mm512_set1_epi32(7)), 2);
+    } else {
+        uint32_t x = 0;
+        memcpy(&x, p + t * w / 8, (size_t)(2 * w));
+        v = _mm512_set1_epi32((int)x);
+        sh = _mm512_mullo_epi32(lane, _mm512_set1_epi32(w));
+    }
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi32((1 << w) - 1)));
+}
+
+#define LATENT_WIDTH16(W_, CW, NW)                                                                 \
+    for (int64_t c = 0; c < NW; c++, j++) {                                                        \
+        const __m512 x = FN(codes16)(CW + (b * NW + c) * (B * W_ / 8), W_, t);                      \
+        for (int i = 0; i < NP; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i * r + j]), x, acc[i]); \
+    }
+/* NP (<= 8) queries x 16 tokens from t: latent_tile with 16 lanes (the same sums in the same order) */
+static inline __attribute__((always_inline)) void FN(latent_tile16)(const uint8_t *c8, const uint8_t *c4,
+        const uint8_t *c2, const uint8_t *c1, int64_t n8, int64_t n4, int64_t n2, int64_t n1,
+        int64_t b, int64_t B, int64_t t, const float *a, int64_t r, const float *base, const int NP,
+        float *out, int64_t ostride) {
+    __m512 acc[8];
+    for (int i = 0; i < NP; i++) acc[i] = _mm512_set1_ps(base[i]);
+    int64_t j = 0;
+    LATENT_WIDTH16(8, c8, n8) LATENT_WIDTH16(4, c4, n4) LATENT_WIDTH16(2, c2, n2) LATENT_WIDTH16(1, c1, n1)
+    for (int i = 0; i < NP; i++) _mm512_storeu_ps(out + i * ostride + t, acc[i]);
+}
+#undef LATENT_WIDTH16
+#endif
+
 /* One packed block b of B tokens scored for m projected queries, tokens t0..t1 of the block (multiples
  * of 8): out_i[t] = base_i + sum_j (qt_ij scale_j) code_j[t]. x86: register tiles of 8 tokens x up to
  * 8 queries; elsewhere each channel's codes are unpacked once into floats and shared by the m
@@ -193,7 +233,22 @@ static void FN(latent_block)(const uint8_t *c8, const uint8_t *c4, const uint8_t
     for (int64_t i0 = 0; i0 < m; i0 += 8) {
         const int64_t np = m - i0 < 8 ? m - i0 : 8;
         float *o = out + i0 * ostride + b * B;
-        for (int64_t t8 = t0 / 8; t8 < t1 / 8; t8++) {
+        int64_t t8 = t0 / 8;
+#ifdef X86_VNNI
+        for (; t8 + 2 <= t1 / 8; t8 += 2) {
+            switch (np) {
+            case 1: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 1, o, ostride); break;
+            case 2: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 2, o, ostride); break;
+            case 3: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 3, o, ostride); break;
+            case 4: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 4, o, ostride); break;
+            case 5: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 5, o, ostride); break;
+            case 6: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 6, o, ostride); break;
+            case 7: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 7, o, ostride); break;
+            default: FN(latent_tile16)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, 8 * t8, a + i0 * r, r, base + i0, 8, o, ostride); break;
+            }
+        }
+#endif
+        for (; t8 < t1 / 8; t8++) {
             switch (np) {   /* a constant NP lets the compiler keep the accumulators in registers */
             case 1: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 1, o, ostride); break;
             case 2: FN(latent_tile)(c8, c4, c2, c1, n8, n4, n2, n1, b, B, t8, a + i0 * r, r, base + i0, 2, o, ostride); break;
