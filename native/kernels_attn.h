@@ -619,7 +619,7 @@ static inline float FN(exp_sub)(float *x, int64_t n, float mx) {
 static inline void FN(prefetch_row)(const uint8_t *row, int64_t nb) {
     for (int64_t o = 0; o < nb; o += 64) _mm_prefetch((const char *)(row + o), _MM_HINT_T0);
 }
-#define VPF 16                                              /* rows requested ahead of the dequantization */
+#define VPF 64                                              /* rows requested ahead of the dequantization */
 #endif
 
 /* acc (g, d) = sum over the n listed tokens idx of p_h[t] v_t (p: g rows, stride T); V rows of
@@ -633,7 +633,7 @@ static void FN(av_idx)(const float *s, int64_t T, int64_t g, const uint8_t *vk, 
 #ifdef SIMD_X86
     if (d % 8 == 0 && g <= 8) {
         if (vtype == F16) {
-            for (int64_t u = 0; u < n; u++) FN(prefetch_row)(vk + idx[u] * vstride, vrb);
+            for (int64_t u = 0; u < n && u < 4 * VPF; u++) FN(prefetch_row)(vk + idx[u] * vstride, vrb);
             AV_TILE16_G(idx, n, NULL, 0) { AV_TILE_G(idx, n, NULL, 0) }
             return;
         }
