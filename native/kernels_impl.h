@@ -326,6 +326,88 @@ static inline __attribute__((always_inline)) void FN(mm_rows_bsimd)(const uint8_
 }
 #undef BLK
 
+#ifdef X86_VNNI
+/* the avx512 copy of mm_rows_bsimd: two blocks per zmm (64 codes for one vpdpbusd against 64
+ * contiguous activation codes). Codes are unsigned (Q5_0: nibble | 5th bit 0..31, the high bits a
+ * byte mask; Q8_0: w + 128), their offset (16, 128) comes off as OFF sum_b s_b S_b with the block
+ * code sums S_b. The lane sums are scaled in float lane by lane (each block's scale s_b = dw dx on
+ * its 8 lanes), so no per-block horizontal sums: fewer than half the vector ops of the ymm path. */
+static inline __m512i FN(pair512)(const uint8_t *o0, const uint8_t *o1, const int T) {
+    if (T == Q8_0)
+        return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(o0 + 2))),
+                                                   _mm256_loadu_si256((const __m256i *)(o1 + 2)), 1), _mm512_set1_epi8((char)0x80));
+    const __m512i qs = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(o0 + 6)))),
+                                          _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(o1 + 6))), 1);
+    const __m512i q = _mm512_and_si512(_mm512_srlv_epi64(qs, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)), _mm512_set1_epi8(15));
+    uint32_t h0, h1;
+    memcpy(&h0, o0 + 2, 4);
+    memcpy(&h1, o1 + 2, 4);
+    return _mm512_mask_add_epi8(q, _cvtu64_mask64((uint64_t)h0 | ((uint64_t)h1 << 32)), q, _mm512_set1_epi8(16));
+}
+
+static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t *w, int64_t row_bytes, const int T,
+        const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
+    enum { PF = 4096 };   /* bytes ahead: 1536 (the ymm copy's) left Gemma's output matrix ~7% slower */
+    const int64_t nb = k / 32, bb = T == Q8_0 ? 34 : 22;
+    const float OFF = T == Q8_0 ? 128.0f : 16.0f;
+    /* lanes 0-7 take block 2j's scale, 8-15 block 2j+1's: permutes of the 8 block scales */
+    const __m512i pick[4] = {_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                             _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+                             _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5),
+                             _mm512_setr_epi32(6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7)};
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xq + t * k;
+            const float *dxt = xd + t * nb;
+            const int32_t *st = xs + t * (k / 16);
+            __m512 acc = _mm512_setzero_ps();
+            __m256 off8 = _mm256_setzero_ps();              /* sum_b s_b S_b, per block of 8 */
+            float offp = 0.0f, offt = 0.0f, tail = 0.0f;   /* offp: the pairs' sum_b s_b S_b */
+            int64_t b = 0;
+            for (; b + 8 <= nb; b += 8) {
+                const uint8_t *o = row + b * bb;
+                for (int l = 0; l < (T == Q8_0 ? 5 : 3); l++) _mm_prefetch((const char *)(o + PF + 64 * l), _MM_HINT_T0);
+                __m512i d[4];
+                for (int j = 0; j < 4; j++)
+                    d[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), FN(pair512)(o + 2 * j * bb, o + (2 * j + 1) * bb, T),
+                                               _mm512_loadu_si512((const void *)(xt + 32 * (b + 2 * j))));
+                const __m256 s8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)FN(scales4)(o + 4 * bb, bb),
+                                                                               (long long)FN(scales4)(o, bb))),
+                                                _mm256_loadu_ps(dxt + b));
+                const __m512 s16 = _mm512_castps256_ps512(s8);
+                for (int j = 0; j < 4; j++)
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[j]), _mm512_permutexvar_ps(pick[j], s16), acc);
+                const __m256i s0 = _mm256_loadu_si256((const __m256i *)(st + 2 * b));
+                const __m256i s1 = _mm256_loadu_si256((const __m256i *)(st + 2 * b + 8));
+                const __m256i sb = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s0, s1), 0xD8);   /* block code sums */
+                off8 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), s8, off8);
+            }
+            for (; b + 2 <= nb; b += 2) {                   /* the last k % 256 values: two blocks at a time */
+                const uint8_t *o = row + b * bb;
+                const __m512i dd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), FN(pair512)(o, o + bb, T),
+                                                       _mm512_loadu_si512((const void *)(xt + 32 * b)));
+                const float sa = _cvtsh_ss(rd16(o)) * dxt[b], sb2 = _cvtsh_ss(rd16(o + bb)) * dxt[b + 1];
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dd), _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb2)), acc);
+                offp += (float)(st[2 * b] + st[2 * b + 1]) * sa + (float)(st[2 * b + 2] + st[2 * b + 3]) * sb2;
+            }
+            for (; b < nb; b++) {                           /* an odd last block */
+                const uint8_t *o = row + b * bb;
+                const __m256i dd = T == Q8_0 ? FN(blk_q8_0)(o, xt + 32 * b) : FN(blk_q5_0)(o, xt + 32 * b);
+                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(dd), _mm256_extracti128_si256(dd, 1));
+                s4 = _mm_hadd_epi32(s4, s4);
+                int32_t is = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
+                const float sc = _cvtsh_ss(rd16(o)) * dxt[b];
+                if (T == Q5_0) offt += (float)(st[2 * b] + st[2 * b + 1]) * sc;   /* blk_q5_0: unsigned codes */
+                tail += (float)is * sc;
+            }
+            out[t * rows + r] = _mm512_reduce_add_ps(acc) - OFF * (FN(hsum8)(off8) + offp) - 16.0f * offt + tail;
+        }
+    }
+}
+#endif
+
 /* Prefill tiles: one weight row against nt (4 or TILE_NT) tokens at once. Each 256-value group
  * of the row is unpacked once (8 vectors of 32 codes, as maddubs wants them) and then dotted
  * with every token of the tile, so the unpack, the scale decoding and the weight loads are
@@ -742,7 +824,11 @@ static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t
     if (n >= GEMM_MIN_N && GEMM_TYPE(T) && r1 - r0 >= GR && FN(mm_rows_gemm)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out)) return;
     if (n >= 4) FN(mm_rows_tiled)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
     else if (T == Q4_K || T == Q6_K) FN(mm_rows_ksimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
+#ifdef X86_VNNI
+    else FN(mm_rows_b512)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
+#else
     else FN(mm_rows_bsimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
+#endif
 }
 #define MM_FAST(TT) FN(mm_rows_simd)(w, rb, TT, xq, xd, xs, n, k, r0, r1, rows, out)
 #elif defined(SIMD_NEON)
