@@ -318,22 +318,6 @@ int svdq_latent_score(const unsigned char *c8, const unsigned char *c4, const un
     return 0;
 }
 
-/* q (H, d) rotated back by the RoPE angles of one position (cos/sin rows (d/2,)): R^T q, neox
- * halves or adjacent pairs. The relative frame scores a rotation block with its centre's R^T q. */
-static void unrotate_q(const float *q, int64_t H, int64_t d, const float *c, const float *s, int neox, float *out) {
-    const int64_t h2 = d / 2;
-    for (int64_t h = 0; h < H; h++) {
-        const float *x = q + h * d;
-        float *o = out + h * d;
-        for (int64_t e = 0; e < h2; e++) {
-            const int64_t i = neox ? e : 2 * e, k = neox ? e + h2 : 2 * e + 1;
-            const float a = x[i], b = x[k];
-            o[i] = a * c[e] + b * s[e];
-            o[k] = b * c[e] - a * s[e];
-        }
-    }
-}
-
 static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
                       int64_t d, int64_t T, int kv_major, float *out);
 
@@ -490,7 +474,7 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
                     const float *qb = qp;
                     if (rb) {   /* relative frame: this rotation block's codes are R(c)^T k, so score R(c)^T q */
                         const int64_t c = S + b * B + t0 + rb / 2;
-                        unrotate_q(q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr);
+                        BY_PATH(unrotate_q, q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr);
                         BY_PATH(latent_qproj, qr, H, KV, d, vmu, ldq, qpr);
                         qb = qpr;
                     }

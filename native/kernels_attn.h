@@ -95,6 +95,29 @@ static inline __attribute__((always_inline)) void FN(qproj_tile32)(const float *
 #define QPROJ_TILE FN(qproj_tile)
 #endif
 
+/* q (H, d) rotated back by the RoPE angles of one position (cos/sin rows (d/2,)): R^T q, neox
+ * halves or adjacent pairs. The relative frame scores a rotation block with its centre's R^T q (once
+ * per block) */
+static void FN(unrotate_q)(const float *q, int64_t H, int64_t d, const float *c, const float *s, int neox, float *out) {
+    const int64_t h2 = d / 2;
+    for (int64_t h = 0; h < H; h++) {
+        const float *x = q + h * d;
+        float *o = out + h * d;
+        if (neox)                                           /* two loops: each vectorizes */
+            for (int64_t e = 0; e < h2; e++) {
+                const float a = x[e], b = x[e + h2];
+                o[e] = a * c[e] + b * s[e];
+                o[e + h2] = b * c[e] - a * s[e];
+            }
+        else
+            for (int64_t e = 0; e < h2; e++) {
+                const float a = x[2 * e], b = x[2 * e + 1];
+                o[2 * e] = a * c[e] + b * s[e];
+                o[2 * e + 1] = b * c[e] - a * s[e];
+            }
+    }
+}
+
 /* Decode queries projected onto a per-layer basis: qp (H, r1) = q_h . vmu[kv(h)], where vmu
  * (KV, d, r1) holds each KV head's d rows of the basis V (r columns) and of the mean (last
  * column), so qp[:, :r] are the latent queries and qp[:, r] = q.mu. x86: register tiles of up to
