@@ -484,8 +484,11 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
         });
     free(qp); free(scratch);
     /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */
-    BY_PATH(qk_rows, q, kf, 1, H, KV, d, T, 0, S, scores);
-    BY_PATH(qk_rows, q, kf + S * KV * d, 1, H, KV, d, T, 0, nwin, scores + S + P);
+    const int64_t g = H / KV;
+    for (int64_t kv = 0; kv < KV; kv++) {
+        BY_PATH(qk_group, q + kv * g * d, kf, KV, d, kv, g, 0, S, scores + kv * g * T, T);
+        BY_PATH(qk_group, q + kv * g * d, kf + S * KV * d, KV, d, kv, g, 0, nwin, scores + kv * g * T + S + P, T);
+    }
     if (topk > 0 && topk < P) return topk_softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, S, P, topk, 0, out);
     return softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, 0, out);
 }
