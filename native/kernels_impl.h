@@ -345,85 +345,65 @@ static inline __m512i FN(pair512)(const uint8_t *o0, const uint8_t *o1, const in
     return _mm512_mask_add_epi8(q, _cvtu64_mask64((uint64_t)h0 | ((uint64_t)h1 << 32)), q, _mm512_set1_epi8(16));
 }
 
-/* NR rows from row0 (row_bytes apart) against one token's codes: the token's activation loads and
- * block code sums are shared, and the NR independent accumulator chains keep the FMA latency
- * hidden (one row at a time was latency-bound: 82 cycles a row of 640 Q5_0 values) */
-static inline __attribute__((always_inline)) void FN(b512_rows)(const uint8_t *row0, int64_t row_bytes, const int T,
-        const int NR, const int8_t *xt, const float *dxt, const int32_t *st, int64_t nb, float *o) {
+static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t *w, int64_t row_bytes, const int T,
+        const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
     enum { PF = 4096 };   /* bytes ahead: 1536 (the ymm copy's) left Gemma's output matrix ~7% slower */
-    const int64_t bb = T == Q8_0 ? 34 : 22;
+    const int64_t nb = k / 32, bb = T == Q8_0 ? 34 : 22;
     const float OFF = T == Q8_0 ? 128.0f : 16.0f;
     /* lanes 0-7 take block 2j's scale, 8-15 block 2j+1's: permutes of the 8 block scales */
     const __m512i pick[4] = {_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
                              _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
                              _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5),
                              _mm512_setr_epi32(6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7)};
-    __m512 acc[4];
-    __m256 off8[4];                                         /* sum_b s_b S_b, per block of 8 */
-    float offp[4], offt[4], tail[4];                        /* the pairs' and the odd block's share */
-    for (int rr = 0; rr < NR; rr++) {
-        acc[rr] = _mm512_setzero_ps(); off8[rr] = _mm256_setzero_ps();
-        offp[rr] = offt[rr] = tail[rr] = 0.0f;
-    }
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        __m512i xv[4];
-        for (int j = 0; j < 4; j++) xv[j] = _mm512_loadu_si512((const void *)(xt + 32 * (b + 2 * j)));
-        const __m256 dx8 = _mm256_loadu_ps(dxt + b);
-        const __m256i s0 = _mm256_loadu_si256((const __m256i *)(st + 2 * b));
-        const __m256i s1 = _mm256_loadu_si256((const __m256i *)(st + 2 * b + 8));
-        const __m256 sbf = _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(_mm256_hadd_epi32(s0, s1), 0xD8));   /* block code sums */
-        for (int rr = 0; rr < NR; rr++) {
-            const uint8_t *ob = row0 + rr * row_bytes + b * bb;
-            for (int l = 0; l < (T == Q8_0 ? 5 : 3); l++) _mm_prefetch((const char *)(ob + PF + 64 * l), _MM_HINT_T0);
-            const __m256 s8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)FN(scales4)(ob + 4 * bb, bb),
-                                                                           (long long)FN(scales4)(ob, bb))), dx8);
-            const __m512 s16 = _mm512_castps256_ps512(s8);
-            for (int j = 0; j < 4; j++) {
-                const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), FN(pair512)(ob + 2 * j * bb, ob + (2 * j + 1) * bb, T), xv[j]);
-                acc[rr] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(pick[j], s16), acc[rr]);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xq + t * k;
+            const float *dxt = xd + t * nb;
+            const int32_t *st = xs + t * (k / 16);
+            __m512 acc = _mm512_setzero_ps();
+            __m256 off8 = _mm256_setzero_ps();              /* sum_b s_b S_b, per block of 8 */
+            float offp = 0.0f, offt = 0.0f, tail = 0.0f;   /* offp: the pairs' sum_b s_b S_b */
+            int64_t b = 0;
+            for (; b + 8 <= nb; b += 8) {
+                const uint8_t *o = row + b * bb;
+                for (int l = 0; l < (T == Q8_0 ? 5 : 3); l++) _mm_prefetch((const char *)(o + PF + 64 * l), _MM_HINT_T0);
+                __m512i d[4];
+                for (int j = 0; j < 4; j++)
+                    d[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), FN(pair512)(o + 2 * j * bb, o + (2 * j + 1) * bb, T),
+                                               _mm512_loadu_si512((const void *)(xt + 32 * (b + 2 * j))));
+                const __m256 s8 = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)FN(scales4)(o + 4 * bb, bb),
+                                                                               (long long)FN(scales4)(o, bb))),
+                                                _mm256_loadu_ps(dxt + b));
+                const __m512 s16 = _mm512_castps256_ps512(s8);
+                for (int j = 0; j < 4; j++)
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[j]), _mm512_permutexvar_ps(pick[j], s16), acc);
+                const __m256i s0 = _mm256_loadu_si256((const __m256i *)(st + 2 * b));
+                const __m256i s1 = _mm256_loadu_si256((const __m256i *)(st + 2 * b + 8));
+                const __m256i sb = _mm256_permute4x64_epi64(_mm256_hadd_epi32(s0, s1), 0xD8);   /* block code sums */
+                off8 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), s8, off8);
             }
-            off8[rr] = _mm256_fmadd_ps(sbf, s8, off8[rr]);
+            for (; b + 2 <= nb; b += 2) {                   /* the last k % 256 values: two blocks at a time */
+                const uint8_t *o = row + b * bb;
+                const __m512i dd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), FN(pair512)(o, o + bb, T),
+                                                       _mm512_loadu_si512((const void *)(xt + 32 * b)));
+                const float sa = _cvtsh_ss(rd16(o)) * dxt[b], sb2 = _cvtsh_ss(rd16(o + bb)) * dxt[b + 1];
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dd), _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb2)), acc);
+                offp += (float)(st[2 * b] + st[2 * b + 1]) * sa + (float)(st[2 * b + 2] + st[2 * b + 3]) * sb2;
+            }
+            for (; b < nb; b++) {                           /* an odd last block */
+                const uint8_t *o = row + b * bb;
+                const __m256i dd = T == Q8_0 ? FN(blk_q8_0)(o, xt + 32 * b) : FN(blk_q5_0)(o, xt + 32 * b);
+                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(dd), _mm256_extracti128_si256(dd, 1));
+                s4 = _mm_hadd_epi32(s4, s4);
+                int32_t is = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
+                const float sc = _cvtsh_ss(rd16(o)) * dxt[b];
+                if (T == Q5_0) offt += (float)(st[2 * b] + st[2 * b + 1]) * sc;   /* blk_q5_0: unsigned codes */
+                tail += (float)is * sc;
+            }
+            out[t * rows + r] = _mm512_reduce_add_ps(acc) - OFF * (FN(hsum8)(off8) + offp) - 16.0f * offt + tail;
         }
-    }
-    for (; b + 2 <= nb; b += 2) {                           /* the last k % 256 values: two blocks at a time */
-        const __m512i xv = _mm512_loadu_si512((const void *)(xt + 32 * b));
-        const float sx0 = (float)(st[2 * b] + st[2 * b + 1]), sx1 = (float)(st[2 * b + 2] + st[2 * b + 3]);
-        for (int rr = 0; rr < NR; rr++) {
-            const uint8_t *ob = row0 + rr * row_bytes + b * bb;
-            const __m512i dd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), FN(pair512)(ob, ob + bb, T), xv);
-            const float sa = _cvtsh_ss(rd16(ob)) * dxt[b], sb2 = _cvtsh_ss(rd16(ob + bb)) * dxt[b + 1];
-            acc[rr] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dd), _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb2)), acc[rr]);
-            offp[rr] += sx0 * sa + sx1 * sb2;
-        }
-    }
-    for (; b < nb; b++) {                                   /* an odd last block */
-        for (int rr = 0; rr < NR; rr++) {
-            const uint8_t *ob = row0 + rr * row_bytes + b * bb;
-            const __m256i dd = T == Q8_0 ? FN(blk_q8_0)(ob, xt + 32 * b) : FN(blk_q5_0)(ob, xt + 32 * b);
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(dd), _mm256_extracti128_si256(dd, 1));
-            s4 = _mm_hadd_epi32(s4, s4);
-            const int32_t is = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
-            const float sc = _cvtsh_ss(rd16(ob)) * dxt[b];
-            if (T == Q5_0) offt[rr] += (float)(st[2 * b] + st[2 * b + 1]) * sc;   /* blk_q5_0: unsigned codes */
-            tail[rr] += (float)is * sc;
-        }
-    }
-    for (int rr = 0; rr < NR; rr++)
-        o[rr] = _mm512_reduce_add_ps(acc[rr]) - OFF * (FN(hsum8)(off8[rr]) + offp[rr]) - 16.0f * offt[rr] + tail[rr];
-}
-
-static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t *w, int64_t row_bytes, const int T,
-        const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k,
-        int64_t r0, int64_t r1, int64_t rows, float *out) {
-    const int64_t nb = k / 32;
-    for (int64_t t = 0; t < n; t++) {
-        const int8_t *xt = xq + t * k;
-        const float *dxt = xd + t * nb;
-        const int32_t *st = xs + t * (k / 16);
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) FN(b512_rows)(w + r * row_bytes, row_bytes, T, 4, xt, dxt, st, nb, out + t * rows + r);
-        for (; r < r1; r++) FN(b512_rows)(w + r * row_bytes, row_bytes, T, 1, xt, dxt, st, nb, out + t * rows + r);
     }
 }
 #endif
