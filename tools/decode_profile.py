@@ -5,6 +5,10 @@ real model run under cProfile. Prints ms per step and the top functions by own t
 --prefill N, one prefill batch of N tokens at that depth is timed and profiled instead.
     python tools/decode_profile.py DEPTH [STEPS] [-ctk svdq] [-ctv q4_0] [--svdq-topk 1024] [--model qwen]
     python tools/decode_profile.py DEPTH --prefill 512
+    python tools/decode_profile.py DEPTH 128 --model gemma --phases   # ms per step by phase, no cProfile
+--phases times each layer's calls with perf_counter wrappers instead (attn_in, ffn, the caches'
+append and attend, split into window and global layers, and the output matmul): cProfile's
+overhead and millisecond totals hide the phases of a 7 ms step.
 Use it to find what to speed up; the figures to report come from tools/llamacpp_bench.py.
 """
 import argparse
@@ -36,11 +40,12 @@ ap.add_argument("--model", default="qwen")
 ap.add_argument("-t", type=int, default=2)
 ap.add_argument("--top", type=int, default=25)
 ap.add_argument("--prefill", type=int, default=0, help="time one prefill batch of this many tokens")
+ap.add_argument("--phases", action="store_true", help="ms per step by phase (wrappers), not cProfile")
 a = ap.parse_args()
 kernels.set_threads(a.t)
 opts = CacheOptions(ctk=a.ctk, ctv=a.ctv,
                     svdq=SVDqConfig() if a.svdq_topk is None else SVDqConfig(topk=a.svdq_topk))
-m = Model(ROOT / MODELS.get(a.model, a.model), n_ctx=a.depth + max(a.steps, a.prefill) + 64, cache_options=opts)
+m = Model(ROOT / MODELS.get(a.model, a.model), n_ctx=a.depth + 2 * max(a.steps, a.prefill) + 64, cache_options=opts)
 m.feed([1, 2, 3, 4, 5, 6, 7, 8])                                # compile / warm up
 m.reset()
 rng = np.random.default_rng(0)
@@ -77,6 +82,36 @@ for t in toks[4:]:
     m.step(t)
 dt = (time.perf_counter() - t0) / (len(toks) - 4)
 print(f"decode at depth {a.depth}: {dt * 1e3:.2f} ms/step = {1 / dt:.1f} tok/s")
+if a.phases:
+    import svdq_edge.arch.transformer as transformer
+    acc: dict = {}
+    pc = time.perf_counter
+
+    def wrap(obj, name, key):
+        f = getattr(obj, name)
+
+        def timed(*args, **kw):
+            t = pc()
+            r = f(*args, **kw)
+            acc[key] = acc.get(key, 0.0) + pc() - t
+            return r
+        setattr(obj, name, timed)
+    dl = m.model._decode
+    wrap(dl, "attn_in", "attn_in")
+    wrap(dl, "ffn", "ffn")
+    for i, c in enumerate(m.model.caches):
+        kind = "global" if ar.layer_window[i] is None else "window"
+        wrap(c, "append", kind + ".append")
+        wrap(c, "attend", kind + ".attend")
+    wrap(transformer.kernels, "matmul", "output")       # the decode step's one matmul outside the layers
+    t0 = pc()
+    for t in toks[4:]:
+        m.step(t)
+    tot = (pc() - t0) / (len(toks) - 4) * 1e3
+    parts = {k: v / (len(toks) - 4) * 1e3 for k, v in sorted(acc.items())}
+    print(f"phases, ms per step (wrapped: {tot:.3f} ms/step): " + "  ".join(f"{k} {v:.3f}" for k, v in parts.items())
+          + f"  other {tot - sum(parts.values()):.3f}")
+    sys.exit(0)
 pr = cProfile.Profile()
 pr.enable()
 for t in toks[:8]:

@@ -4,7 +4,8 @@ in the absolute post-RoPE frame and the relative frame with 128/64/32-token rota
 the relative-128 frame with group top-k (--svdq-topk) and Q8_0 / Q4_0 V rows, and the packed
 scores alone (one projection per rotation block given): best ms per call of 5 x 20.
     python tools/latent_attend_bench.py [DEPTH] [TOPK] [qwen|gemma]   (default 16384 1024 qwen)
-gemma: its global layers' shape (H 4, KV 1, d 256, r = 136: widths as its fitted basis, layer 11).
+gemma: its global layers' shape (H 4, KV 1, d 256, r = 136: widths as its fitted basis, layer 11),
+then a window layer's decode attention over 512 f16 keys (kernels.attention_f16, one query).
 """
 import sys
 import time
@@ -61,3 +62,9 @@ for vtype in (1, 8, 2):
         print(f"{name:24s} depth {T}: {best(lambda: sc.attend(q, vmu, kf, S, nwin, vq, k, buf, rot, vtype)):.3f} ms")
 qt = rng.standard_normal((nblk, H, r)).astype(np.float32)
 print(f"{'packed scores only':24s} depth {T}: {best(lambda: sc(qt)):.3f} ms")
+if GEMMA:   # a sliding-window layer: one query over its 512 f16 keys and values
+    from svdq_edge import kernels                           # noqa: E402
+    kw = rng.standard_normal((512, KV, d)).astype(np.float16)
+    vw = rng.standard_normal((512, KV, d)).astype(np.float16)
+    qw = rng.standard_normal((1, H, d)).astype(np.float32)
+    print(f"{'window f16, 512 keys':24s}: {best(lambda: kernels.attention_f16(qw, kw, vw, 0.0625, 1000, 489, 512)) * 1e3:.1f} us")
