@@ -1,13 +1,17 @@
-"""Single-tensor matvec throughput of the C backend on the Qwen GGUF (one token, best of 3): GB/s of
-weight bytes. python tools/matvec_bench.py"""
+"""Single-tensor matvec throughput of the C backend (one token, best of 3): GB/s of weight bytes.
+    python tools/matvec_bench.py [qwen|gemma]   (default qwen)"""
 import time, sys, numpy as np
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 from svdq_edge.kernels import cpu_c
 from gguf import GGUFReader
-r = GGUFReader(str(__import__("pathlib").Path(__file__).resolve().parent.parent / "models/cache/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+GEMMA = len(sys.argv) > 1 and sys.argv[1] == "gemma"
+r = GGUFReader(str(__import__("pathlib").Path(__file__).resolve().parent.parent / "models/cache" /
+                   ("gemma-3-270m-q4_k_m.gguf" if GEMMA else "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")))
 T = {t.name: t for t in r.tensors}
 tot = 0
-for name in ["output.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down.weight", "blk.1.attn_v.weight"]:
+NAMES = (["token_embd.weight", "blk.3.attn_q.weight", "blk.3.ffn_gate.weight", "blk.3.ffn_down.weight", "blk.0.attn_v.weight"]
+         if GEMMA else ["output.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down.weight", "blk.1.attn_v.weight"])
+for name in NAMES:
     t = T[name]; rows = int(t.shape[1]); k = int(t.shape[0])
     data = np.asarray(t.data).view(np.uint8).reshape(rows, -1)
     xx = np.random.default_rng(0).standard_normal((1, k)).astype(np.float32)
