@@ -329,12 +329,13 @@ static inline float *group_rows(float *s, int64_t i, int64_t kv, int64_t nq, int
     return s + (kv_major ? (kv * nq + i) * g : i * H + kv * g) * T;
 }
 
-/* Token sparsity of nq queries (one decode query, or a prefill pass): each query's KV head group
- * keeps its k best packed tokens (ranked by sav_topk) with the sinks and window; out (nq, H, d) =
- * acc / l per head. Only the kept tokens' weights are computed and their V rows read. */
 static int topk_group_split(float *s, int64_t g, int64_t T, int64_t p0, int64_t n, int64_t k, const uint8_t *v,
                             int vtype, int64_t vrb, int64_t KV, int64_t d, int64_t kv, int nt, float *out);
 
+/* Token sparsity of nq queries (one decode query, or a prefill pass): each query's KV head group
+ * keeps its k best packed tokens (ranked by sav_topk) with the sinks and window; out (nq, H, d) =
+ * acc / l per head. Only the kept tokens' weights are computed and their V rows read. With fewer
+ * groups than threads (a decode query on one KV head), each group is split over the threads. */
 static int topk_softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H,
                            int64_t KV, int64_t d, int64_t T, int64_t p0, int64_t n, int64_t k, int kv_major,
                            float *out) {
