@@ -552,8 +552,8 @@ int svdq_qk_f16(const float *q, const unsigned short *k, long long nq, long long
     return 0;
 }
 
-static void merge_chunks(const float *acc, const float *ml, int64_t groups, int64_t nch, int64_t H, int64_t KV,
-                         int64_t d, float *out);
+static int chunked_sav(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
+                       int64_t d, int64_t T, int kv_major, int64_t nch, const float *q, const uint16_t *k, float *out);
 
 /* a decode query's attention over T f16 keys and values with no mask (a window layer, or an f16
  * cache): per (KV head, token chunk) item the scores, softmax and V sums in one parallel region
@@ -562,28 +562,9 @@ static void merge_chunks(const float *acc, const float *ml, int64_t groups, int6
 int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned short *v, long long H, long long KV,
                     long long d, long long T, float *scores, float *out) {
     if (T <= 0 || d <= 0 || KV <= 0 || H <= 0 || H % KV) return -3;
-    const int64_t g = H / KV;
-    const int nt = svdq_get_threads();
-    int64_t nch = (nt + KV - 1) / KV;                       /* chunks per KV head: an item per thread ... */
+    int64_t nch = (svdq_get_threads() + KV - 1) / KV;       /* chunks per KV head: an item per thread ... */
     if (nch > T / 64) nch = T / 64;                         /* ... of at least 64 tokens */
-    if (nch < 1) nch = 1;
-    const int64_t items = KV * nch;
-    float *acc = (float *)malloc((size_t)(items * g * d) * sizeof(float));   /* (items, g, d) */
-    float *ml = (float *)malloc((size_t)(items * g * 2) * sizeof(float));    /* (items, 2, g) max, sum */
-    int32_t *idx = (int32_t *)malloc((size_t)(KV * T) * sizeof(int32_t));    /* (KV, T) */
-    if (!acc || !ml || !idx) { free(acc); free(ml); free(idx); return -5; }
-    PARALLEL_ROWS(items, for (int64_t it = r0; it < r1; it++) {
-        const int64_t kv = it / nch;            /* (no commas: this is a macro argument) */
-        const int64_t t0 = T * (it % nch) / nch;
-        const int64_t t1 = T * (it % nch + 1) / nch;
-        float *s = scores + kv * g * T;
-        BY_PATH(qk_group, q + kv * g * d, k, KV, d, kv, g, t0, t1, s, T);
-        BY_PATH(sav_chunk, s, g, T, t0, t1, (const uint8_t *)v, F16, 2 * d, KV, d, kv, idx + kv * T + t0,
-                acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
-    });
-    merge_chunks(acc, ml, KV, nch, H, KV, d, out);
-    free(acc); free(ml); free(idx);
-    return 0;
+    return chunked_sav(scores, (const uint8_t *)v, F16, 2 * d, 1, H, KV, d, T, 0, nch < 1 ? 1 : nch, q, k, out);
 }
 
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
@@ -632,16 +613,22 @@ static void merge_chunks(const float *acc, const float *ml, int64_t groups, int6
 }
 
 /* softmax.V for nq queries over V rows of type vtype (vrb bytes per head row): work items are
- * (query, KV head, token chunk); each chunk keeps its own max, sum and (g, d) accumulator
- * (merge_chunks) */
+ * (query, KV head, token chunk) with chunks of at least 512 tokens, work for every thread */
 static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
                       int64_t d, int64_t T, int kv_major, float *out) {
-    const int64_t g = H / KV, groups = nq * KV;
+    const int64_t groups = nq * KV;
     if (groups == 0) return 0;
-    const int nt = svdq_get_threads();
-    int64_t nch = (4 * nt + groups - 1) / groups;           /* chunks per group: work for every thread */
-    if (nch > T / 512) nch = T / 512;                       /* ... of at least 512 tokens */
-    if (nch < 1) nch = 1;
+    int64_t nch = (4 * svdq_get_threads() + groups - 1) / groups;   /* chunks per group */
+    if (nch > T / 512) nch = T / 512;
+    return chunked_sav(scores, v, vtype, vrb, nq, H, KV, d, T, kv_major, nch < 1 ? 1 : nch, NULL, NULL, out);
+}
+
+/* softmax.V over nch token chunks per (query, KV head) group: each chunk keeps its own max, sum and
+ * (g, d) accumulator, merged by merge_chunks. With q (H, d) and f16 keys k (one query: nq = 1, not
+ * kv_major), each chunk first scores its tokens into scores (svdq_attend_f16) */
+static int chunked_sav(float *scores, const uint8_t *v, int vtype, int64_t vrb, int64_t nq, int64_t H, int64_t KV,
+                       int64_t d, int64_t T, int kv_major, int64_t nch, const float *q, const uint16_t *k, float *out) {
+    const int64_t g = H / KV, groups = nq * KV;
     const int64_t items = groups * nch;
     float *acc = (float *)malloc((size_t)(items * g * d) * sizeof(float));   /* (items, g, d) */
     float *ml = (float *)malloc((size_t)(items * g * 2) * sizeof(float));    /* (items, 2, g) max, sum */
@@ -654,8 +641,10 @@ static int softmax_av(float *scores, const uint8_t *v, int vtype, int64_t vrb, i
         const int64_t t1 = T * (c + 1) / nch;
         const int64_t kv = grp % KV;
         const int64_t i = grp / KV;
-        BY_PATH(sav_chunk, group_rows(scores, i, kv, nq, H, KV, T, kv_major), g, T, t0, t1, v, vtype, vrb, KV, d, kv,
-                idx + grp * T + t0, acc + it * g * d, ml + it * g * 2, ml + it * g * 2 + g);
+        float *s = group_rows(scores, i, kv, nq, H, KV, T, kv_major);
+        if (q) BY_PATH(qk_group, q + (i * H + kv * g) * d, k, KV, d, kv, g, t0, t1, s, T);
+        BY_PATH(sav_chunk, s, g, T, t0, t1, v, vtype, vrb, KV, d, kv, idx + grp * T + t0, acc + it * g * d,
+                ml + it * g * 2, ml + it * g * 2 + g);
     });
     merge_chunks(acc, ml, groups, nch, H, KV, d, out);
     free(acc); free(ml); free(idx);
