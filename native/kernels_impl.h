@@ -265,6 +265,16 @@ static inline __m256i FN(blk_q5_0)(const uint8_t *o, const int8_t *x) {
     return FN(dot4)(q, _mm256_loadu_si256((const __m256i *)x));
 }
 
+/* one Q8_0 / Q5_0 block's integer dot with its 32 activation codes xb, Q5_0's -16 offset taken
+ * off with the block's two 16-value code sums st (the single blocks past the vector loops) */
+static inline int32_t FN(blk_isum)(const uint8_t *o, const int8_t *xb, const int32_t *st, const int T) {
+    const __m256i d = T == Q8_0 ? FN(blk_q8_0)(o, xb) : FN(blk_q5_0)(o, xb);
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+    s4 = _mm_hadd_epi32(s4, s4);
+    const int32_t is = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
+    return T == Q5_0 ? is - 16 * (st[0] + st[1]) : is;
+}
+
 #define BLK(j) (T == Q8_0 ? FN(blk_q8_0)(o + (j) * bb, xt + 32 * (b + (j))) : FN(blk_q5_0)(o + (j) * bb, xt + 32 * (b + (j))))
 /* rows [r0, r1) of Q8_0 / Q5_0. Prefetch PF bytes ahead in the weight stream (rows are
  * contiguous, so past a row's end it fetches the next row; a prefetch never faults). */
@@ -311,12 +321,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_bsimd)(const uint8_
             float tail = 0.0f;
             for (; b < nb; b++) {          /* the last k % 128 values: one block at a time */
                 const uint8_t *o = row + b * bb;
-                const __m256i d = BLK(0);
-                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
-                s4 = _mm_hadd_epi32(s4, s4);
-                int32_t is = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
-                if (T == Q5_0) is -= 16 * (st[2 * b] + st[2 * b + 1]);
-                tail += (float)is * (_cvtsh_ss(rd16(o)) * dxt[b]);
+                tail += (float)FN(blk_isum)(o, xt + 32 * b, st + 2 * b, T) * (_cvtsh_ss(rd16(o)) * dxt[b]);
             }
             acc4 = _mm_add_ps(acc4, _mm_add_ps(_mm256_castps256_ps128(acc8), _mm256_extractf128_ps(acc8, 1)));
             acc4 = _mm_add_ps(acc4, _mm_movehl_ps(acc4, acc4));
@@ -364,7 +369,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t
             const int32_t *st = xs + t * (k / 16);
             __m512 acc = _mm512_setzero_ps();
             __m256 off8 = _mm256_setzero_ps();              /* sum_b s_b S_b, per block of 8 */
-            float offp = 0.0f, offt = 0.0f, tail = 0.0f;   /* offp: the pairs' sum_b s_b S_b */
+            float offp = 0.0f, tail = 0.0f;                 /* offp: the pairs' sum_b s_b S_b */
             int64_t b = 0;
             for (; b + 8 <= nb; b += 8) {
                 const uint8_t *o = row + b * bb;
@@ -392,17 +397,11 @@ static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dd), _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb2)), acc);
                 offp += (float)(st[2 * b] + st[2 * b + 1]) * sa + (float)(st[2 * b + 2] + st[2 * b + 3]) * sb2;
             }
-            for (; b < nb; b++) {                           /* an odd last block */
+            if (b < nb) {                                   /* an odd last block */
                 const uint8_t *o = row + b * bb;
-                const __m256i dd = T == Q8_0 ? FN(blk_q8_0)(o, xt + 32 * b) : FN(blk_q5_0)(o, xt + 32 * b);
-                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(dd), _mm256_extracti128_si256(dd, 1));
-                s4 = _mm_hadd_epi32(s4, s4);
-                int32_t is = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
-                const float sc = _cvtsh_ss(rd16(o)) * dxt[b];
-                if (T == Q5_0) offt += (float)(st[2 * b] + st[2 * b + 1]) * sc;   /* blk_q5_0: unsigned codes */
-                tail += (float)is * sc;
+                tail = (float)FN(blk_isum)(o, xt + 32 * b, st + 2 * b, T) * (_cvtsh_ss(rd16(o)) * dxt[b]);
             }
-            out[t * rows + r] = _mm512_reduce_add_ps(acc) - OFF * (FN(hsum8)(off8) + offp) - 16.0f * offt + tail;
+            out[t * rows + r] = _mm512_reduce_add_ps(acc) - OFF * (FN(hsum8)(off8) + offp) + tail;
         }
     }
 }
