@@ -25,7 +25,8 @@
 #endif
 #include "svdq_edge.h"
 
-enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
+       Q5_0X4 = 106 /* Q5_0 repacked for decode (repack_q5_0_row), not a GGML type */ };
 enum { PATH_AUTO = -1, PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVX512 = 2, PATH_NEON = 3, PATH_NEON_DOT = 4 };
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -53,6 +54,7 @@ static int64_t type_row_bytes(int T, int64_t k) {
     case Q4_0: return k % 32 ? -1 : k / 32 * 18;
     case Q4_1: return k % 32 ? -1 : k / 32 * 20;
     case Q5_0: return k % 32 ? -1 : k / 32 * 22;
+    case Q5_0X4: return k % 128 ? -1 : k / 32 * 22;
     case Q5_1: return k % 32 ? -1 : k / 32 * 24;
     case Q8_0: return k % 32 ? -1 : k / 32 * 34;
     case Q4_K: return k % 256 ? -1 : k / 256 * 144;
@@ -90,6 +92,70 @@ __attribute__((constructor)) static void fill_code_tables(void) {
         for (int i = 0; i < 8; i++) LUT1[b][i] = (float)((b >> i) & 1);
         for (int i = 0; i < 4; i++) LUT2[b][i] = (float)((b >> (2 * i)) & 3);
     }
+}
+
+/* Q5_0X4: Q5_0 rows regrouped, at load time, in quads of 4 blocks (128 values, 88 bytes, the same
+ * bytes as the 4 blocks) so that the avx512 decode matvec takes a quad with one 64-byte load:
+ *   [0, 64)  block i's 16 nibble bytes at 16i (low nibble value l, high nibble value 16 + l)
+ *   [64, 72) lo mask, little-endian: bit 16i + l = block i's fifth bit of value l
+ *   [72, 80) hi mask: bit 16i + l = block i's fifth bit of value 16 + l
+ *   [80, 88) the 4 blocks' fp16 scales
+ * The activations are put in the same order once per call (prep_x4). */
+static void repack_q5_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
+    for (int64_t q = 0; q < nb / 4; q++) {
+        uint8_t *o = dst + q * 88;
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *b = src + (4 * q + i) * 22;
+            memcpy(o + 16 * i, b + 6, 16);
+            o[64 + 2 * i] = b[2]; o[64 + 2 * i + 1] = b[3];     /* qh bits 0-15 */
+            o[72 + 2 * i] = b[4]; o[72 + 2 * i + 1] = b[5];     /* qh bits 16-31 */
+            o[80 + 2 * i] = b[0]; o[80 + 2 * i + 1] = b[1];     /* d */
+        }
+    }
+}
+
+static void unrepack_q5_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
+    for (int64_t q = 0; q < nb / 4; q++) {
+        const uint8_t *o = src + q * 88;
+        for (int i = 0; i < 4; i++) {
+            uint8_t *b = dst + (4 * q + i) * 22;
+            memcpy(b + 6, o + 16 * i, 16);
+            b[2] = o[64 + 2 * i]; b[3] = o[64 + 2 * i + 1];
+            b[4] = o[72 + 2 * i]; b[5] = o[72 + 2 * i + 1];
+            b[0] = o[80 + 2 * i]; b[1] = o[80 + 2 * i + 1];
+        }
+    }
+}
+
+/* the activations in quad order for Q5_0X4: xp (n, k) codes, per quad [values 0-15 of blocks
+ * 0..3, values 16-31 of blocks 0..3]; xb (n, k/8) int32, per quad 16 lanes, lane 4i = -16 x the
+ * code sum of block i (the codes' offset, added where the dot starts), the others 0 */
+static void prep_x4(const int8_t *xq, const int32_t *xs, int64_t n, int64_t k, int8_t *xp, int32_t *xb) {
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t q = 0; q < k / 128; q++) {
+            int8_t *p = xp + t * k + 128 * q;
+            int32_t *bq = xb + t * (k / 8) + 16 * q;
+            for (int i = 0; i < 4; i++) {
+                const int64_t b = 4 * q + i;
+                memcpy(p + 16 * i, xq + t * k + 32 * b, 16);
+                memcpy(p + 64 + 16 * i, xq + t * k + 32 * b + 16, 16);
+                bq[4 * i] = -16 * (xs[t * (k / 16) + 2 * b] + xs[t * (k / 16) + 2 * b + 1]);
+                bq[4 * i + 1] = bq[4 * i + 2] = bq[4 * i + 3] = 0;
+            }
+        }
+}
+
+/* per-thread rows of Q5_0 un-repacked for the paths without a Q5_0X4 kernel (grown, kept) */
+static __thread uint8_t *x4_rows;
+static __thread int64_t x4_cap;
+
+static uint8_t *x4_scratch(int64_t bytes) {
+    if (bytes > x4_cap) {
+        uint8_t *p = (uint8_t *)realloc(x4_rows, (size_t)bytes);
+        if (!p) return NULL;
+        x4_rows = p; x4_cap = bytes;
+    }
+    return x4_rows;
 }
 
 #define SFX _scalar
@@ -218,6 +284,41 @@ static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
 #define BY_PATH(fn, ...) fn##_scalar(__VA_ARGS__)
 #endif
 
+#if defined(__x86_64__)
+#define BY_PATH_R(rc, fn, ...) do { int p_ = svdq_active_path(); \
+    if (p_ == PATH_AVX512) rc = fn##_avx512(__VA_ARGS__); else if (p_ == PATH_AVX2) rc = fn##_avx2(__VA_ARGS__); \
+    else rc = fn##_scalar(__VA_ARGS__); } while (0)
+#elif defined(__aarch64__)
+#define BY_PATH_R(rc, fn, ...) do { int p_ = svdq_active_path(); \
+    if (p_ == PATH_NEON_DOT) rc = fn##_neondot(__VA_ARGS__); else if (p_ == PATH_NEON) rc = fn##_neon(__VA_ARGS__); \
+    else rc = fn##_scalar(__VA_ARGS__); } while (0)
+#else
+#define BY_PATH_R(rc, fn, ...) rc = fn##_scalar(__VA_ARGS__)
+#endif
+
+/* a call's quantized activations (quantize_q8), and for Q5_0X4 weights the same in quad order */
+typedef struct {
+    int8_t *q;      /* (n, k) codes */
+    float *d;       /* (n, k/32) scales */
+    int32_t *s;     /* (n, k/16) code sums */
+    int8_t *p;      /* (n, k) codes in Q5_0X4 order, or NULL */
+    int32_t *b;     /* (n, k/8) Q5_0X4 offsets, or NULL */
+} xacts;
+
+static void xacts_free(xacts *a) { free(a->q); free(a->d); free(a->s); free(a->p); free(a->b); }
+
+static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4) {
+    a->q = (int8_t *)malloc((size_t)(n * k));
+    a->d = (float *)malloc((size_t)(n * (k / 32)) * 4);
+    a->s = (int32_t *)malloc((size_t)(n * (k / 16)) * 4);
+    a->p = x4 ? (int8_t *)malloc((size_t)(n * k)) : NULL;
+    a->b = x4 ? (int32_t *)malloc((size_t)(n * (k / 8)) * 4) : NULL;
+    if (!a->q || !a->d || !a->s || (x4 && (!a->p || !a->b))) { xacts_free(a); return -5; }
+    BY_PATH(quantize_q8, x, n, k, a->q, a->d, a->s);
+    if (x4) prep_x4(a->q, a->s, n, k, a->p, a->b);
+    return 0;
+}
+
 int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int T,
                 const float *x, long long n, long long k, float *out) {
     int e = check(T, rows, row_bytes, k);
@@ -227,14 +328,19 @@ int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int
         PARALLEL_ROWS(rows, BY_PATH(mm_float_rows, w, row_bytes, T, x, n, k, r0, r1, rows, out));
         return 0;
     }
-    int8_t *xq = (int8_t *)malloc((size_t)(n * k));            /* (n, k) activation codes */
-    float *xd = (float *)malloc((size_t)(n * (k / 32)) * 4);    /* (n, k/32) scales */
-    int32_t *xs = (int32_t *)malloc((size_t)(n * (k / 16)) * 4); /* (n, k/16) code sums */
-    if (!xq || !xd || !xs) { free(xq); free(xd); free(xs); return -5; }
-    BY_PATH(quantize_q8, x, n, k, xq, xd, xs);
-    PARALLEL_ROWS(rows, BY_PATH(mm_dispatch, w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out));
-    free(xq); free(xd); free(xs);
-    return 0;
+    xacts xa;
+    if (xacts_make(&xa, x, n, k, T == Q5_0X4)) return -5;
+    int err = 0;
+    PARALLEL_ROWS(rows, {
+        int e_;
+        BY_PATH_R(e_, mm_dispatch, w, row_bytes, T, xa.q, xa.d, xa.s, xa.p, xa.b, n, k, r0, r1, rows, out);
+        if (e_) {
+            _Pragma("omp atomic write")
+            err = e_;
+        }
+    });
+    xacts_free(&xa);
+    return err;
 }
 
 /* Several weight matrices that read the same activations (q/k/v, gate/up): x is quantized once and
@@ -251,22 +357,27 @@ int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *ro
         if (float_type(types[i])) return -1;
         off[i + 1] = off[i] + rows[i];
     }
-    int8_t *xq = (int8_t *)malloc((size_t)(n * k));            /* (n, k) activation codes */
-    float *xd = (float *)malloc((size_t)(n * (k / 32)) * 4);    /* (n, k/32) scales */
-    int32_t *xs = (int32_t *)malloc((size_t)(n * (k / 16)) * 4); /* (n, k/16) code sums */
-    if (!xq || !xd || !xs) { free(xq); free(xd); free(xs); return -5; }
-    BY_PATH(quantize_q8, x, n, k, xq, xd, xs);
+    int x4 = 0;
+    for (int64_t i = 0; i < nw; i++) x4 |= types[i] == Q5_0X4;
+    xacts xa;
+    if (xacts_make(&xa, x, n, k, x4)) return -5;
+    int err = 0;
     PARALLEL_ROWS(off[nw], {
         for (int64_t i = 0; i < nw; i++) {
             const int64_t lo = r0 > off[i] ? r0 : off[i];
             const int64_t hi = r1 < off[i + 1] ? r1 : off[i + 1];
+            int e_ = 0;
             if (lo < hi)
-                BY_PATH(mm_dispatch, w[i], row_bytes[i], types[i], xq, xd, xs, n, k, lo - off[i], hi - off[i],
-                        rows[i], out[i]);
+                BY_PATH_R(e_, mm_dispatch, w[i], row_bytes[i], types[i], xa.q, xa.d, xa.s, xa.p, xa.b, n, k,
+                          lo - off[i], hi - off[i], rows[i], out[i]);
+            if (e_) {
+                _Pragma("omp atomic write")
+                err = e_;
+            }
         }
     });
-    free(xq); free(xd); free(xs);
-    return 0;
+    xacts_free(&xa);
+    return err;
 }
 
 int svdq_dequant_rows(const unsigned char *w, long long rows, long long row_bytes, int T,
@@ -794,4 +905,15 @@ int svdq_topk_mask(float *s, long long nq, long long H, long long KV, long long 
     });
     free(work);
     return 0;
+}
+
+/* W's rows in the decode layout of its type, where there is one: Q5_0 -> Q5_0X4 (k a multiple of
+ * 128; kernels.c's layout comment). dst: (rows, row_bytes), the same size. Returns the new type, or
+ * a negative code (-1: no repacked layout for this type or k). */
+int svdq_repack(const unsigned char *w, long long rows, long long row_bytes, int T, long long k, unsigned char *dst) {
+    int e = check(T, rows, row_bytes, k);
+    if (e) return e;
+    if (T != Q5_0 || k % 128) return -1;
+    for (long long r = 0; r < rows; r++) repack_q5_0_row(w + r * row_bytes, k / 32, dst + r * row_bytes);
+    return Q5_0X4;
 }

@@ -20,6 +20,17 @@ static inline __attribute__((always_inline)) void FN(decode32)(const uint8_t *ro
         float d = h2f(rd16(o));
         float m = T == Q4_1 ? h2f(rd16(o + 2)) : 0.0f;
         sm[0] = sm[1] = d; sm[2] = sm[3] = m;
+    } else if (T == Q5_0X4) {
+        const uint8_t *o = row + (b >> 2) * 88;
+        const int i = (int)(b & 3);
+        const uint32_t lo = (uint32_t)o[64 + 2 * i] | ((uint32_t)o[65 + 2 * i] << 8);
+        const uint32_t hi = (uint32_t)o[72 + 2 * i] | ((uint32_t)o[73 + 2 * i] << 8);
+        const uint8_t *qs = o + 16 * i;
+        for (int l = 0; l < 16; l++) {
+            q[l] = (int8_t)(((qs[l] & 15) | (((lo >> l) & 1) << 4)) - 16);
+            q[l + 16] = (int8_t)(((qs[l] >> 4) | (((hi >> l) & 1) << 4)) - 16);
+        }
+        sm[0] = sm[1] = h2f(rd16(o + 80 + 2 * i)); sm[2] = sm[3] = 0.0f;
     } else if (T == Q5_0 || T == Q5_1) {
         const int nb = T == Q5_0 ? 22 : 24;
         const uint8_t *o = row + b * nb;
@@ -404,6 +415,51 @@ static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t
             out[t * rows + r] = _mm512_reduce_add_ps(acc) - OFF * (FN(hsum8)(off8) + offp) + tail;
         }
     }
+}
+
+/* Q5_0X4 rows [r0, r1) (kernels.c: repack_q5_0_row), n < 4 tokens: a quad of 4 blocks is one
+ * 64-byte nibble load, split into two zmm of codes (values 0-15 and 16-31 of each block) whose
+ * fifth bits come from two 64-bit masks, then two vpdpbusd against the activations in the same
+ * order (xp) starting from the codes' offset (xb). Lanes 4i..4i+3 hold block i's dot, scaled in
+ * float by d_i dx_i. About a third of mm_rows_b512's vector ops per block, which is what held the
+ * layer matvecs under the memory's speed. */
+static inline __attribute__((always_inline)) void FN(mm_rows_x4)(const uint8_t *w, int64_t row_bytes,
+        const int8_t *xp, const float *xd, const int32_t *xb, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
+    enum { PF = 4096 };
+    const int64_t nq = k / 128;
+    const __m512i m4 = _mm512_set1_epi8(15), h16 = _mm512_set1_epi8(16);
+    const __m512i pick = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+#define QUAD(qq, ACC) do { \
+        const uint8_t *o = row + (qq) * 88; \
+        _mm_prefetch((const char *)(o + PF), _MM_HINT_T0); \
+        _mm_prefetch((const char *)(o + PF + 64), _MM_HINT_T0); \
+        const __m512i c = _mm512_loadu_si512((const void *)o); \
+        uint64_t ml, mh; \
+        memcpy(&ml, o + 64, 8); memcpy(&mh, o + 72, 8); \
+        __m512i lo = _mm512_and_si512(c, m4), hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), m4); \
+        lo = _mm512_mask_add_epi8(lo, _cvtu64_mask64(ml), lo, h16); \
+        hi = _mm512_mask_add_epi8(hi, _cvtu64_mask64(mh), hi, h16); \
+        __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(bt + 16 * (qq))), lo, \
+                                        _mm512_loadu_si512((const void *)(xt + 128 * (qq)))); \
+        d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(xt + 128 * (qq) + 64))); \
+        const __m128 s4 = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(o + 80))), _mm_loadu_ps(dxt + 4 * (qq))); \
+        ACC = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(s4)), ACC); \
+    } while (0)
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xp + t * k;
+            const float *dxt = xd + t * (k / 32);
+            const int32_t *bt = xb + t * (k / 8);
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();   /* two chains */
+            int64_t q = 0;
+            for (; q + 2 <= nq; q += 2) { QUAD(q, a0); QUAD(q + 1, a1); }
+            if (q < nq) QUAD(q, a0);
+            out[t * rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        }
+    }
+#undef QUAD
 }
 #endif
 
@@ -868,9 +924,33 @@ MM_TYPE(Q4_0) MM_TYPE(Q4_1) MM_TYPE_FAST(Q5_0) MM_TYPE(Q5_1) MM_TYPE_FAST(Q8_0) 
 #undef VG_MUL
 #endif
 
-static void FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *xq, const float *xd,
-                            const int32_t *xs, int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) {
+/* Q5_0X4 where this path has no kernel for it (and for n >= 4 tokens): up to X4_CHUNK rows at a time
+ * un-repacked into the thread's scratch and run as Q5_0; 0, or -5 when the scratch cannot be had */
+#define X4_CHUNK 64
+static int FN(mm_x4_rows)(const uint8_t *w, int64_t rb, const int8_t *xq, const float *xd, const int32_t *xs,
+                          int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) {
+    uint8_t *tmp = x4_scratch(X4_CHUNK * rb);                    /* (X4_CHUNK, rb) Q5_0 rows */
+    if (!tmp) return -5;
+    for (int64_t a = r0; a < r1; a += X4_CHUNK) {
+        const int64_t m = r1 - a < X4_CHUNK ? r1 - a : X4_CHUNK;
+        for (int64_t r = 0; r < m; r++) unrepack_q5_0_row(w + (a + r) * rb, k / 32, tmp + r * rb);
+        FN(mm_Q5_0)(tmp, rb, xq, xd, xs, n, k, 0, m, rows, out + a);
+    }
+    return 0;
+}
+
+/* rows [r0, r1) of W (type T) . the n quantized activations; xp, xb: the activations in Q5_0X4's
+ * order (prep_x4), read only for that type. 0, or -5 (no scratch) */
+static int FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *xq, const float *xd,
+                           const int32_t *xs, const int8_t *xp, const int32_t *xb, int64_t n, int64_t k,
+                           int64_t r0, int64_t r1, int64_t rows, float *out) {
+    (void)xp; (void)xb;
     switch (T) {
+    case Q5_0X4:
+#ifdef X86_VNNI
+        if (n < 4) { FN(mm_rows_x4)(w, rb, xp, xd, xb, n, k, r0, r1, rows, out); break; }
+#endif
+        return FN(mm_x4_rows)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out);
     case Q4_0: FN(mm_Q4_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q4_1: FN(mm_Q4_1)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q5_0: FN(mm_Q5_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
@@ -880,6 +960,7 @@ static void FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *x
     case Q5_K: FN(mm_Q5_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     default:   FN(mm_Q6_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     }
+    return 0;
 }
 
 static void FN(mm_float_rows)(const uint8_t *w, int64_t rb, int T, const float *x, int64_t n, int64_t k,

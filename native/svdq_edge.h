@@ -1,7 +1,8 @@
 /* svdq-edge native kernels: the C interface, also the cffi cdef (plain prototypes only).
  * Every function checks its sizes first and returns 0 on success, a negative code on error:
  *   -1 unsupported type, -2 row_bytes does not match type and k, -3 bad size, -4 id out of range, -5 out of memory.
- * Weights are GGML blocks, uint8 (rows, row_bytes); activations float32 row-major. */
+ * Weights are GGML blocks, uint8 (rows, row_bytes); activations float32 row-major. qtype 106 is
+ * Q5_0X4, Q5_0 regrouped by svdq_repack for the decode matvec (not a GGML type). */
 int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int qtype,
                 const float *x, long long n, long long k, float *out);
 int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *rows, const long long *row_bytes,
@@ -37,6 +38,8 @@ int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned shor
  * tokens of [p0, p0 + n) besides the others (token sparsity); scores are overwritten */
 int svdq_softmax_av(float *scores, const unsigned char *v, int vtype, long long nq, long long H, long long KV,
                     long long d, long long T, long long p0, long long n, long long k, int kv_major, float *out);
+int svdq_repack(const unsigned char *w, long long rows, long long row_bytes, int qtype, long long k,
+                unsigned char *dst);
 void svdq_set_threads(int n);
 int svdq_get_threads(void);
 int svdq_set_path(int path);

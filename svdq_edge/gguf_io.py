@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -246,6 +247,22 @@ class GGUFFile:
         if raw.size != rows * rb:
             raise SvdqError(f"{self.path}: tensor {name} holds {raw.size} bytes, expected {rows * rb}")
         return QWeight(name, qtype, rows, cols, raw.reshape(rows, rb))
+
+    def release(self, view: np.ndarray) -> None:
+        """Drop the process's mapped pages that lie wholly inside view (a tensor in this file's
+        mmap, replaced by a copy): they leave the RSS and would be read again from the page cache
+        only if touched."""
+        mm = getattr(self.mm, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = self.mm.ctypes.data
+        start = view.ctypes.data - base
+        if start < 0 or start + view.nbytes > self.mm.nbytes:
+            raise ValueError("release: the array is not in this file's mapping")
+        page = mmap.PAGESIZE
+        a, b = -(-start // page) * page, (start + view.nbytes) // page * page
+        if b > a:
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def vector(self, name: str, n: int) -> np.ndarray:
         """A 1-D float tensor (norm weights, biases) as float32 (n,)."""

@@ -24,10 +24,19 @@ LAYOUTS: dict[int, tuple[int, int]] = {
     T.Q8_K: (QK_K, 4 + QK_K + QK_K // 16 * 2),           # f32 d, 256 int8, int16 bsums
 }
 
-SUPPORTED = frozenset(LAYOUTS)
+SUPPORTED = frozenset(LAYOUTS)      # types a GGUF file may hold
+
+# Weight layouts of our own, made at load time for a kernel (never in a file). Q5_0X4: Q5_0 in quads
+# of 4 blocks, 88 bytes = qs[4][16], 64-bit masks of the fifth bits of values 0-15 and 16-31
+# (bit 16 i + l for block i), d[4] (native/kernels.c, repack_q5_0_row).
+Q5_0X4 = 106
+REPACKED: dict[int, tuple[int, int]] = {Q5_0X4: (4 * 32, 4 * (2 + 4 + 16))}
+REPACKED_FROM = {Q5_0X4: T.Q5_0}
 
 
 def type_name(qtype: int) -> str:
+    if qtype == Q5_0X4:
+        return "Q5_0X4"
     try:
         return T(qtype).name
     except ValueError:
@@ -36,9 +45,10 @@ def type_name(qtype: int) -> str:
 
 def _layout(qtype: int) -> tuple[int, int]:
     """(elements, bytes) of one block of qtype; unsupported types fail loudly."""
-    if qtype not in LAYOUTS:
+    lay = LAYOUTS.get(qtype) or REPACKED.get(qtype)
+    if lay is None:
         raise ValueError(f"unsupported tensor type {type_name(qtype)}")
-    return LAYOUTS[qtype]
+    return lay
 
 
 def row_bytes(qtype: int, n_cols: int) -> int:

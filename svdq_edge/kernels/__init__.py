@@ -146,6 +146,31 @@ def matmul_many(ws: tuple, x: np.ndarray) -> list:
     return [matmul(w, x, o) for w, o in zip(ws, outs)]
 
 
+LAYER_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def repack_layers(layers: list, release=None) -> int:
+    """Each layer weight in the backend's decode layout where it has one (the C backend on avx512:
+    Q5_0 -> Q5_0X4, as llama.cpp repacks for its CPU kernels), replacing the QWeight on its layer;
+    release(data) is then called on the original so its mapped pages leave the process. Returns
+    the bytes repacked. Weights stay in place where the backend has no such layout."""
+    fn = getattr(backend(), "repack", None)
+    done = 0
+    if fn is None:
+        return 0
+    for lw in layers:
+        for name in LAYER_WEIGHTS:
+            w = getattr(lw, name)
+            r = fn(w.data, int(w.qtype), w.cols)
+            if r is None:
+                continue
+            setattr(lw, name, QWeight(w.name, r[1], w.rows, w.cols, r[0]))
+            done += r[0].nbytes
+            if release is not None:
+                release(w.data)
+    return done
+
+
 def get_rows(w: QWeight, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """ids: int (m,) -> out: float32 (m, cols), the dequantized rows (embedding lookup)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)

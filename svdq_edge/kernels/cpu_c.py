@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import svdq_ref
-from ..quants import row_bytes, row_cols
+from ..quants import Q5_0X4, row_bytes, row_cols
 
 NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
 PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "neon_dot": 4}
@@ -83,7 +83,7 @@ PREFILL_MIN_TOKENS = 4
 # weight types whose AVX2 / AVX-512 int8 kernels tile tokens (native/kernels_impl.h, mm_rows_tiled):
 # Q8_0, Q5_0, Q4_K, Q6_K. Their prefill stays on the int8 kernels, which measured faster than
 # dequantized panels + BLAS; the other types and the scalar / NEON paths keep BLAS.
-PREFILL_TILED = {8, 6, 12, 14}
+PREFILL_TILED = {8, 6, 12, 14, Q5_0X4}   # Q5_0X4: un-repacked into Q5_0 rows for the tiles
 PREFILL_INT8 = True             # False: every type through BLAS (for comparisons)
 PANEL_BYTES = 64 << 20          # dequantized weight panel for batched prefill (f32)
 _scratch: dict = {}             # name -> reusable buffer, grown on demand (allocate once)
@@ -139,6 +139,24 @@ def matmul_many(datas: list, qtypes: list, x: np.ndarray, outs: list) -> bool:
     op = ffi.new("float *[]", [_ptr(o, "float *") for o in outs])
     _ok(lib.svdq_matmul_multi(nw, w, rows, rbs, ts, _ptr(x, "float *"), n, k, op), "matmul")
     return True
+
+
+REPACK = os.environ.get("SVDQ_EDGE_REPACK", "1") != "0"    # 0: keep weights as in the file (A/B)
+
+
+def repack(data: np.ndarray, qtype: int, cols: int):
+    """A weight's rows in the decode layout of its type where the active path has a kernel for it
+    (avx512: Q5_0 -> Q5_0X4, cols a multiple of 128) -> (new data uint8 (rows, rb), new qtype), else
+    None. The copy is the same size; the caller drops the original's pages."""
+    if not REPACK or qtype != 6 or cols % 128 or lib.svdq_active_path() != PATHS["avx512"]:
+        return None
+    rows, rb = data.shape
+    out = np.empty((rows, rb), np.uint8)                                    # (rows, rb)
+    t = lib.svdq_repack(_ptr(np.ascontiguousarray(data), "unsigned char *"), rows, rb, qtype, cols,
+                        _ptr(out, "unsigned char *"))
+    if t < 0:
+        _ok(t, "repack")
+    return out, t
 
 
 def _tiled_path() -> bool:

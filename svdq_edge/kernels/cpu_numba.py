@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..quants import LAYOUTS
+from ..quants import LAYOUTS, Q5_0X4, REPACKED_FROM
 
 # qtype codes (ggml)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
@@ -279,7 +279,16 @@ def _matmul_panels(data, qtype, x, out):
         out[:, r0:r0 + m] = x @ panel[:m].T
 
 
+def _plain(data: np.ndarray, qtype: int):
+    """A load-time repacked weight (the C backend's Q5_0X4) as the GGML blocks it came from."""
+    if qtype == Q5_0X4:
+        from .ref import unrepack_q5_0x4
+        return unrepack_q5_0x4(data), int(REPACKED_FROM[qtype])
+    return data, qtype
+
+
 def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None:
+    data, qtype = _plain(data, qtype)
     if qtype not in _SUPPORTED:
         raise ValueError(f"unsupported type {qtype}")
     if x.shape[0] >= PREFILL_MIN_TOKENS:
@@ -297,6 +306,7 @@ def matmul(data: np.ndarray, qtype: int, x: np.ndarray, out: np.ndarray) -> None
 
 
 def get_rows(data: np.ndarray, qtype: int, ids: np.ndarray, out: np.ndarray) -> None:
+    data, qtype = _plain(data, qtype)
     _get_rows(data, qtype, ids, out)
 
 

@@ -11,13 +11,14 @@ Block layouts (little-endian, d/m are f16 unless noted):
               x = d*sc*q - dmin*m; sub-blocks 2c, 2c+1 are the low/high nibbles of qs[32c:32c+32]
   Q5_K 176 B: d, dmin, scales[12], qh[32], qs[128]; as Q4_K with a 5th bit from qh
   Q6_K 210 B: ql[128], qh[64], scales int8[16], d; 16 sub-blocks of 16: x = d*sc*(q-32)
+  Q5_0X4 88 B (ours, made at load time): 4 Q5_0 blocks as qs[4][16], lo mask u64, hi mask u64, d[4]
 """
 from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..quants import LAYOUTS
+from ..quants import LAYOUTS, Q5_0X4
 
 QK = 32
 
@@ -43,9 +44,37 @@ def _scale_min_k4(scales: np.ndarray):
     return sc, mn
 
 
+def repack_q5_0x4(data: np.ndarray) -> np.ndarray:
+    """Q5_0 rows uint8 (rows, rb), rb a multiple of 88 -> the same rows as Q5_0X4 (the oracle of the
+    C repack): per quad of 4 blocks qs[4][16], the fifth bits of values 0-15 then 16-31 as two
+    little-endian 64-bit masks (bit 16 i + l for block i), d[4]."""
+    rows = data.shape[0]
+    b = np.ascontiguousarray(data).reshape(rows, -1, 4, 22)                  # (rows, quads, 4, 22)
+    out = np.empty((rows, b.shape[1], 88), np.uint8)                           # (rows, quads, 88)
+    out[:, :, :64] = b[:, :, :, 6:22].reshape(rows, -1, 64)
+    out[:, :, 64:72] = b[:, :, :, 2:4].reshape(rows, -1, 8)
+    out[:, :, 72:80] = b[:, :, :, 4:6].reshape(rows, -1, 8)
+    out[:, :, 80:88] = b[:, :, :, 0:2].reshape(rows, -1, 8)
+    return out.reshape(rows, -1)
+
+
+def unrepack_q5_0x4(data: np.ndarray) -> np.ndarray:
+    """Q5_0X4 rows -> the Q5_0 rows they came from."""
+    rows = data.shape[0]
+    o = np.ascontiguousarray(data).reshape(rows, -1, 88)                      # (rows, quads, 88)
+    b = np.empty((rows, o.shape[1], 4, 22), np.uint8)                          # (rows, quads, 4, 22)
+    b[:, :, :, 6:22] = o[:, :, :64].reshape(rows, -1, 4, 16)
+    b[:, :, :, 2:4] = o[:, :, 64:72].reshape(rows, -1, 4, 2)
+    b[:, :, :, 4:6] = o[:, :, 72:80].reshape(rows, -1, 4, 2)
+    b[:, :, :, 0:2] = o[:, :, 80:88].reshape(rows, -1, 4, 2)
+    return b.reshape(rows, -1)
+
+
 def dequantize(data: np.ndarray, qtype: int) -> np.ndarray:
     """data: uint8 (rows, row_bytes) -> float32 (rows, cols)."""
     rows = data.shape[0]
+    if qtype == Q5_0X4:
+        return dequantize(unrepack_q5_0x4(data), T.Q5_0)
     if qtype == T.F32:
         return np.ascontiguousarray(data).view(np.float32).reshape(rows, -1).copy()
     if qtype == T.F16:
