@@ -569,30 +569,39 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
     if (T <= 0 || rb < 0 || (rb && (rb % 8 || B % rb || d % 2 || !cos_t || !sin_t || S + P > n_ctx))) return -3;
     const int64_t sub = rb ? rb : B;                        /* tokens per query projection */
     const int nt = svdq_get_threads();
-    /* per thread: base (H,), acc (H, B), a (H, r), then rb > 0: R^T q (H, d) and its projection (H, r+1) */
-    const size_t per = (size_t)(H + H * B + H * r + 1 + (rb ? H * d + H * ldq : 0));
+    /* one KV head with at most 4 query heads (Gemma's global layers): two rotation blocks' queries
+     * are projected together, 8 rows sharing each loaded basis row */
+    const int64_t pair = rb && KV == 1 && 2 * H <= 8 ? 2 : 1;
+    /* per thread: base (H,), acc (H, B), a (H, r), then rb > 0: R^T q (pair H, d) and its projection (pair H, r+1) */
+    const size_t per = (size_t)(H + H * B + H * r + 1 + (rb ? pair * (H * d + H * ldq) : 0));
     float *qp = (float *)malloc((size_t)(H * ldq) * sizeof(float));          /* (H, r+1) latent q | q.mu */
     float *scratch = (float *)malloc((size_t)nt * per * sizeof(float));
     if (!qp || !scratch) { free(qp); free(scratch); return -5; }
     /* (PARALLEL_ROWS names its chunk bounds r0, r1: no locals of those names here) */
     if (!rb) BY_PATH(latent_qproj, q, H, KV, d, vmu, ldq, qp);
+    const int64_t nsub = B / sub;                           /* projection units per block */
     if (nblk)
         PARALLEL_ROWS(nblk, {
             float *acc = scratch + (size_t)thread_id() * per;
             float *qr = acc + H + H * B + H * r + 1;           /* (one declarator per statement: */
-            float *qpr = qr + H * d;                            /*  a comma would split the macro) */
-            for (int64_t b = r0; b < r1; b++)
-                for (int64_t t0 = 0; t0 < B; t0 += sub) {
-                    const float *qb = qp;
-                    if (rb) {   /* relative frame: this rotation block's codes are R(c)^T k, so score R(c)^T q */
-                        const int64_t c = S + b * B + t0 + rb / 2;
-                        BY_PATH(unrotate_q, q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr);
-                        BY_PATH(latent_qproj, qr, H, KV, d, vmu, ldq, qpr);
-                        qb = qpr;
+            float *qpr = qr + pair * H * d;                     /*  a comma would split the macro) */
+            for (int64_t u = r0 * nsub; u < r1 * nsub; u += pair) {
+                const int64_t np = u + pair <= r1 * nsub ? pair : 1;  /* units (b, t0) projected at once */
+                if (rb) {   /* relative frame: this rotation block's codes are R(c)^T k, so score R(c)^T q */
+                    for (int64_t p = 0; p < np; p++) {
+                        const int64_t c = S + (u + p) * sub + rb / 2;
+                        BY_PATH(unrotate_q, q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr + p * H * d);
                     }
+                    BY_PATH(latent_qproj, qr, np * H, KV, d, vmu, ldq, qpr);   /* KV 1 when np 2 */
+                }
+                for (int64_t p = 0; p < np; p++) {
+                    const float *qb = rb ? qpr + p * H * ldq : qp;
+                    const int64_t b = (u + p) / nsub;
+                    const int64_t t0 = (u + p) % nsub * sub;
                     BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qb, ldq, qb + r, H, B,
                             t0, t0 + sub, scores + S, T, acc, acc + H + H * B);
                 }
+            }
         });
     free(qp); free(scratch);
     /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */

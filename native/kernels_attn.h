@@ -65,31 +65,39 @@ static inline __attribute__((always_inline)) void FN(qproj_tile)(const float *vm
 #endif
 
 #ifdef X86_VNNI
-/* the avx512 copy: NP heads x 32 columns from j (two zmm per head, masked past r1): per basis row
- * 2 loads and NP broadcasts feed 2 NP fmas of 16 lanes (the ymm tile: 1 load, NP fmas of 8) */
-#define QPROJ_COLS 32
-static inline __attribute__((always_inline)) void FN(qproj_tile32)(const float *vm, int64_t r1, int64_t d,
+/* the avx512 copy: NP heads x 48 columns from j (three zmm per head, masked past r1): per basis row
+ * 3 loads and NP broadcasts feed 3 NP fmas of 16 lanes, up to 24 independent accumulators (the ymm
+ * tile: 1 load, NP fmas of 8). 48 columns: 3 tiles cover Gemma's r + 1 = 137-138 with little masked */
+#define QPROJ_COLS 48
+static inline __attribute__((always_inline)) void FN(qproj_tile48)(const float *vm, int64_t r1, int64_t d,
         const float *qh, int64_t j, const int NP, float *o) {
     const int64_t left = r1 - j;
-    const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-    const __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-    __m512 a0[8], a1[8];
-    for (int i = 0; i < NP; i++) { a0[i] = _mm512_setzero_ps(); a1[i] = _mm512_setzero_ps(); }
+    __mmask16 m[3];
+    for (int c = 0; c < 3; c++) {
+        const int64_t lc = left - 16 * c;
+        m[c] = lc >= 16 ? 0xFFFF : lc <= 0 ? 0 : (__mmask16)((1u << lc) - 1);
+    }
+    __m512 a0[8], a1[8], a2[8];
+    for (int i = 0; i < NP; i++) { a0[i] = _mm512_setzero_ps(); a1[i] = _mm512_setzero_ps(); a2[i] = _mm512_setzero_ps(); }
     for (int64_t e = 0; e < d; e++) {
-        const __m512 row0 = _mm512_maskz_loadu_ps(m0, vm + e * r1 + j);
-        const __m512 row1 = _mm512_maskz_loadu_ps(m1, vm + e * r1 + j + 16);
+        const float *row = vm + e * r1 + j;
+        const __m512 row0 = _mm512_maskz_loadu_ps(m[0], row);
+        const __m512 row1 = _mm512_maskz_loadu_ps(m[1], row + 16);
+        const __m512 row2 = _mm512_maskz_loadu_ps(m[2], row + 32);
         for (int i = 0; i < NP; i++) {
             const __m512 x = _mm512_set1_ps(qh[i * d + e]);
             a0[i] = _mm512_fmadd_ps(x, row0, a0[i]);
             a1[i] = _mm512_fmadd_ps(x, row1, a1[i]);
+            a2[i] = _mm512_fmadd_ps(x, row2, a2[i]);
         }
     }
     for (int i = 0; i < NP; i++) {
-        _mm512_mask_storeu_ps(o + i * r1 + j, m0, a0[i]);
-        _mm512_mask_storeu_ps(o + i * r1 + j + 16, m1, a1[i]);
+        _mm512_mask_storeu_ps(o + i * r1 + j, m[0], a0[i]);
+        _mm512_mask_storeu_ps(o + i * r1 + j + 16, m[1], a1[i]);
+        _mm512_mask_storeu_ps(o + i * r1 + j + 32, m[2], a2[i]);
     }
 }
-#define QPROJ_TILE FN(qproj_tile32)
+#define QPROJ_TILE FN(qproj_tile48)
 #else
 #define QPROJ_COLS 8
 #define QPROJ_TILE FN(qproj_tile)

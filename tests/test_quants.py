@@ -283,16 +283,24 @@ ATTEND_CASES = [(14, 2, 64, 64, 3, 4, 37, 0, 0), (14, 2, 64, 64, 3, 4, 37, 10, 0
                 (14, 2, 64, 64, 0, 4, 37, 0, 32)]
 
 
-@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb,vt", [(*c, 1) for c in ATTEND_CASES] + [
-    (14, 2, 64, 64, 3, 4, 37, 10, 32, 2), (14, 2, 64, 128, 4, 4, 33, 0, 64, 8), (4, 1, 256, 24, 2, 0, 0, 0, 8, 2),
-    (8, 1, 64, 128, 12, 4, 50, 300, 128, 8), (4, 1, 256, 128, 17, 4, 20, 300, 128, 2)])
-def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk, rb, vt):
+@pytest.mark.parametrize("H,KV,d,B,nblk,sinks,nwin,topk,rb,vt,nr", [(*c, 1, 13) for c in ATTEND_CASES] + [
+    (14, 2, 64, 64, 3, 4, 37, 10, 32, 2, 13), (14, 2, 64, 128, 4, 4, 33, 0, 64, 8, 13),
+    (4, 1, 256, 24, 2, 0, 0, 0, 8, 2, 13), (8, 1, 64, 128, 12, 4, 50, 300, 128, 8, 13),
+    (4, 1, 256, 128, 17, 4, 20, 300, 128, 2, 13),
+    # latent widths whose projection tiles end inside the second and third 16 columns, or past one
+    # 48-column tile; Gemma's shape (one KV head, 4 heads: two rotation blocks projected at once,
+    # an odd count per thread) with its r = 136
+    (4, 1, 256, 128, 5, 4, 20, 300, 128, 2, 136), (4, 1, 64, 32, 3, 0, 8, 0, 16, 1, 40),
+    (2, 1, 32, 16, 7, 2, 3, 0, 8, 8, 61), (14, 2, 64, 64, 3, 4, 37, 10, 32, 2, 25)])
+def test_native_latent_attend_matches_oracle(H, KV, d, B, nblk, sinks, nwin, topk, rb, vt, nr):
     """The one-call SVDq decode attention on every path against svdq_ref.decode_attend (float64);
     V as f16 (vt 1) or as GGML Q8_0 / Q4_0 rows (vt 8 / 2; the oracle reads gguf-py's dequantization)."""
     from svdq_edge.rope import RoPE
     from svdq_edge.kernels import cpu_c, svdq_ref
-    rng = np.random.default_rng(H * 1000 + d + topk)
+    rng = np.random.default_rng(H * 1000 + d + topk + nr)
     widths = np.array([8, 4, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1, 1])
+    if nr != 13:
+        widths = np.array(sorted(rng.choice([8, 4, 2, 1], nr), reverse=True))
     r = len(widths)
     codes, scale, mn = packed_blocks(rng, widths, nblk, B)
     T = sinks + nblk * B + nwin
