@@ -158,6 +158,32 @@ static uint8_t *x4_scratch(int64_t bytes) {
     return x4_rows;
 }
 
+/* a matmul call's quantized activations (quantize_q8), and where some weight's kernel wants them
+ * in another order, that order (made once per call, shared by all rows and threads) */
+typedef struct {
+    int8_t *q;      /* (n, k) codes */
+    float *d;       /* (n, k/32) scales */
+    int32_t *s;     /* (n, k/16) code sums */
+    int8_t *p;      /* (n, k) codes in Q5_0X4 order (prep_x4), or NULL */
+    int32_t *b;     /* (n, k/8) Q5_0X4 offsets, or NULL */
+    int8_t *k4;     /* (n, k) codes in Q4_K nibble order (prep_k4), or NULL */
+    float *sdx;     /* (n, k/32) per 32 values: code sum x scale, or NULL */
+} xacts;
+
+/* per 256 values the 32-value blocks in the order a Q4_K superblock's nibbles hold them: a
+ * 64-byte load of its codes is chunks 2g, 2g+1, low nibbles blocks 4g and 4g+2, high 4g+1 and
+ * 4g+3; sdx[j] = S_j dx_j */
+static void prep_k4(const int8_t *xq, const float *xd, const int32_t *xs, int64_t n, int64_t k, int8_t *k4, float *sdx) {
+    static const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t sb = 0; sb < k / 256; sb++)
+            for (int j = 0; j < 8; j++)
+                memcpy(k4 + t * k + 256 * sb + 32 * j, xq + t * k + 256 * sb + 32 * order[j], 32);
+        for (int64_t j = 0; j < k / 32; j++)
+            sdx[t * (k / 32) + j] = (float)(xs[t * (k / 16) + 2 * j] + xs[t * (k / 16) + 2 * j + 1]) * xd[t * (k / 32) + j];
+    }
+}
+
 #define SFX _scalar
 #include "kernels_impl.h"
 #undef SFX
@@ -296,26 +322,23 @@ static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
 #define BY_PATH_R(rc, fn, ...) rc = fn##_scalar(__VA_ARGS__)
 #endif
 
-/* a call's quantized activations (quantize_q8), and for Q5_0X4 weights the same in quad order */
-typedef struct {
-    int8_t *q;      /* (n, k) codes */
-    float *d;       /* (n, k/32) scales */
-    int32_t *s;     /* (n, k/16) code sums */
-    int8_t *p;      /* (n, k) codes in Q5_0X4 order, or NULL */
-    int32_t *b;     /* (n, k/8) Q5_0X4 offsets, or NULL */
-} xacts;
+static void xacts_free(xacts *a) { free(a->q); free(a->d); free(a->s); free(a->p); free(a->b); free(a->k4); free(a->sdx); }
 
-static void xacts_free(xacts *a) { free(a->q); free(a->d); free(a->s); free(a->p); free(a->b); }
-
-static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4) {
+/* x (n, k) quantized; x4: some weight is Q5_0X4; k4: some weight is Q4_K (its avx512 decode
+ * kernel reads the reordered codes, for n < 4) */
+static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4, int k4) {
+    k4 = k4 && n < 4 && k % 256 == 0;
     a->q = (int8_t *)malloc((size_t)(n * k));
     a->d = (float *)malloc((size_t)(n * (k / 32)) * 4);
     a->s = (int32_t *)malloc((size_t)(n * (k / 16)) * 4);
     a->p = x4 ? (int8_t *)malloc((size_t)(n * k)) : NULL;
     a->b = x4 ? (int32_t *)malloc((size_t)(n * (k / 8)) * 4) : NULL;
-    if (!a->q || !a->d || !a->s || (x4 && (!a->p || !a->b))) { xacts_free(a); return -5; }
+    a->k4 = k4 ? (int8_t *)malloc((size_t)(n * k)) : NULL;
+    a->sdx = k4 ? (float *)malloc((size_t)(n * (k / 32)) * 4) : NULL;
+    if (!a->q || !a->d || !a->s || (x4 && (!a->p || !a->b)) || (k4 && (!a->k4 || !a->sdx))) { xacts_free(a); return -5; }
     BY_PATH(quantize_q8, x, n, k, a->q, a->d, a->s);
     if (x4) prep_x4(a->q, a->s, n, k, a->p, a->b);
+    if (k4) prep_k4(a->q, a->d, a->s, n, k, a->k4, a->sdx);
     return 0;
 }
 
@@ -329,11 +352,11 @@ int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int
         return 0;
     }
     xacts xa;
-    if (xacts_make(&xa, x, n, k, T == Q5_0X4)) return -5;
+    if (xacts_make(&xa, x, n, k, T == Q5_0X4, T == Q4_K)) return -5;
     int err = 0;
     PARALLEL_ROWS(rows, {
         int e_;
-        BY_PATH_R(e_, mm_dispatch, w, row_bytes, T, xa.q, xa.d, xa.s, xa.p, xa.b, n, k, r0, r1, rows, out);
+        BY_PATH_R(e_, mm_dispatch, w, row_bytes, T, &xa, n, k, r0, r1, rows, out);
         if (e_) {
             _Pragma("omp atomic write")
             err = e_;
@@ -357,10 +380,10 @@ int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *ro
         if (float_type(types[i])) return -1;
         off[i + 1] = off[i] + rows[i];
     }
-    int x4 = 0;
-    for (int64_t i = 0; i < nw; i++) x4 |= types[i] == Q5_0X4;
+    int x4 = 0, k4 = 0;
+    for (int64_t i = 0; i < nw; i++) { x4 |= types[i] == Q5_0X4; k4 |= types[i] == Q4_K; }
     xacts xa;
-    if (xacts_make(&xa, x, n, k, x4)) return -5;
+    if (xacts_make(&xa, x, n, k, x4, k4)) return -5;
     int err = 0;
     PARALLEL_ROWS(off[nw], {
         for (int64_t i = 0; i < nw; i++) {
@@ -368,8 +391,8 @@ int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *ro
             const int64_t hi = r1 < off[i + 1] ? r1 : off[i + 1];
             int e_ = 0;
             if (lo < hi)
-                BY_PATH_R(e_, mm_dispatch, w[i], row_bytes[i], types[i], xa.q, xa.d, xa.s, xa.p, xa.b, n, k,
-                          lo - off[i], hi - off[i], rows[i], out[i]);
+                BY_PATH_R(e_, mm_dispatch, w[i], row_bytes[i], types[i], &xa, n, k, lo - off[i], hi - off[i], rows[i],
+                          out[i]);
             if (e_) {
                 _Pragma("omp atomic write")
                 err = e_;

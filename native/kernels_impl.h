@@ -417,6 +417,86 @@ static inline __attribute__((always_inline)) void FN(mm_rows_b512)(const uint8_t
     }
 }
 
+/* Q4_K / Q6_K rows [r0, r1), n < 4 tokens, a superblock at a time in zmm: each 64-byte load of
+ * codes gives two vpdpbusd of 64 values, and their int32 lanes are scaled in float lane by lane
+ * (a 16-lane vector of the superblock's scales, permuted to the lanes), so no horizontal sums.
+ *   Q6_K: v = code + 32 (0..63, the nibble | two bits of qh shifted per half by vpsllvw/vpsrlvw);
+ *         lanes of 16 values share int8 scale sc_h: sum_h d sc_h dx (dot_h - 32 S_h)
+ *   Q4_K: nibbles of chunk c are sub-blocks 2c (low) and 2c+1 (high); a zmm of chunks 2g, 2g+1
+ *         pairs the low nibbles with activations of sub-blocks 4g and 4g+2, so xq is in that
+ *         order (prep_k4) and sdx holds S_j dx_j: sum_j (d sc_j dx_j dot_j - dmin mn_j S_j dx_j)
+ * Same value as mm_rows_ksimd up to float summation order. */
+static inline __attribute__((always_inline)) void FN(mm_rows_k512)(const uint8_t *w, int64_t row_bytes, const int T,
+        const int8_t *xq, const float *xd, const int32_t *xs, const float *sdx, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
+    const int64_t nsb = k / 256, nbytes = T == Q4_K ? 144 : 210;
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i cnt42 = _mm512_set_epi64(0x0002000200020002LL, 0x0002000200020002LL, 0x0002000200020002LL, 0x0002000200020002LL,
+                                           0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL, 0x0004000400040004LL);
+    const __m512i cnt02 = _mm512_set_epi64(0x0002000200020002LL, 0x0002000200020002LL, 0x0002000200020002LL, 0x0002000200020002LL,
+                                           0, 0, 0, 0);
+    /* lane -> scale index: Q6_K 16-value groups (4 lanes each) 0-3, 4-7, 8-11, 12-15; Q4_K 32-value
+     * sub-blocks (8 lanes each) (0, 2), (1, 3), (4, 6), (5, 7) */
+    const __m512i pick6[4] = {_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                              _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+                              _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
+                              _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
+    const __m512i pick4[4] = {_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+                              _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3),
+                              _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6),
+                              _mm512_setr_epi32(5, 5, 5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7)};
+    const __m512i half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xq + t * k;
+            const float *dxt = xd + t * (k / 32);
+            const int32_t *st = xs + t * (k / 16);
+            __m512 acc = _mm512_setzero_ps(), off = _mm512_setzero_ps();
+            for (int64_t i = 0; i < nsb; i++) {
+                const uint8_t *o = row + i * nbytes;
+                const int8_t *xb = xt + 256 * i;
+                for (int l = 0; l < (T == Q4_K ? 3 : 4); l++) _mm_prefetch((const char *)(o + 6 * nbytes + 64 * l), _MM_HINT_T0);
+                const __m256 dx = _mm256_loadu_ps(dxt + 8 * i);
+                if (T == Q6_K) {
+                    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(o + 192))));
+                    f = _mm512_mul_ps(f, _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(rd16(o + 208))),
+                                                       _mm512_permutexvar_ps(half, _mm512_castps256_ps512(dx))));
+                    off = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(st + 16 * i))), off);
+                    for (int hh = 0; hh < 2; hh++) {
+                        const __m512i ql = _mm512_loadu_si512((const void *)(o + 64 * hh));
+                        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(o + 128 + 32 * hh)));
+                        const __m512i v12 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, cnt42), m30));
+                        const __m512i v34 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                                            _mm512_and_si512(_mm512_srlv_epi16(qh, cnt02), m30));
+                        const __m512i d12 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v12, _mm512_loadu_si512((const void *)(xb + 128 * hh)));
+                        const __m512i d34 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v34, _mm512_loadu_si512((const void *)(xb + 128 * hh + 64)));
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d12), _mm512_permutexvar_ps(pick6[2 * hh], f), acc);
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d34), _mm512_permutexvar_ps(pick6[2 * hh + 1], f), acc);
+                    }
+                } else {
+                    __m256 scf, mnf;
+                    FN(q4k_scales)(o, &scf, &mnf);
+                    const __m256 f8 = _mm256_mul_ps(_mm256_mul_ps(scf, _mm256_set1_ps(_cvtsh_ss(rd16(o)))), dx);
+                    const __m256 m8 = _mm256_mul_ps(mnf, _mm256_set1_ps(_cvtsh_ss(rd16(o + 2))));
+                    off = _mm512_add_ps(off, _mm512_zextps256_ps512(_mm256_mul_ps(m8, _mm256_loadu_ps(sdx + t * (k / 32) + 8 * i))));
+                    const __m512 f = _mm512_castps256_ps512(f8);      /* lanes 8-15 never picked */
+                    for (int g = 0; g < 2; g++) {
+                        const __m512i q = _mm512_loadu_si512((const void *)(o + 16 + 64 * g));
+                        const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(q, m4),
+                                                               _mm512_loadu_si512((const void *)(xb + 128 * g)));
+                        const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(q, 4), m4),
+                                                               _mm512_loadu_si512((const void *)(xb + 128 * g + 64)));
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dl), _mm512_permutexvar_ps(pick4[2 * g], f), acc);
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dh), _mm512_permutexvar_ps(pick4[2 * g + 1], f), acc);
+                    }
+                }
+            }
+            out[t * rows + r] = _mm512_reduce_add_ps(acc) - (T == Q6_K ? 32.0f : 1.0f) * _mm512_reduce_add_ps(off);
+        }
+    }
+}
+
 /* Q5_0X4 rows [r0, r1) (kernels.c: repack_q5_0_row), n < 4 tokens: a quad of 4 blocks is one
  * 64-byte nibble load, split into two zmm of codes (values 0-15 and 16-31 of each block) whose
  * fifth bits come from two 64-bit masks, then two vpdpbusd against the activations in the same
@@ -878,10 +958,12 @@ static inline __attribute__((always_inline)) void FN(mm_rows_simd)(const uint8_t
         int64_t r0, int64_t r1, int64_t rows, float *out) {
     if (n >= GEMM_MIN_N && GEMM_TYPE(T) && r1 - r0 >= GR && FN(mm_rows_gemm)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out)) return;
     if (n >= 4) FN(mm_rows_tiled)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
-    else if (T == Q4_K || T == Q6_K) FN(mm_rows_ksimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
 #ifdef X86_VNNI
+    else if (T == Q6_K) FN(mm_rows_k512)(w, row_bytes, T, xq, xd, xs, NULL, n, k, r0, r1, rows, out);
+    else if (T == Q4_K) FN(mm_rows_ksimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);  /* no reordered codes here */
     else FN(mm_rows_b512)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
 #else
+    else if (T == Q4_K || T == Q6_K) FN(mm_rows_ksimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
     else FN(mm_rows_bsimd)(w, row_bytes, T, xq, xd, xs, n, k, r0, r1, rows, out);
 #endif
 }
@@ -939,16 +1021,17 @@ static int FN(mm_x4_rows)(const uint8_t *w, int64_t rb, const int8_t *xq, const 
     return 0;
 }
 
-/* rows [r0, r1) of W (type T) . the n quantized activations; xp, xb: the activations in Q5_0X4's
- * order (prep_x4), read only for that type. 0, or -5 (no scratch) */
-static int FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *xq, const float *xd,
-                           const int32_t *xs, const int8_t *xp, const int32_t *xb, int64_t n, int64_t k,
+/* rows [r0, r1) of W (type T) . the n quantized activations xa (and their reordered copies for
+ * the Q5_0X4 and avx512 Q4_K kernels). 0, or -5 (no scratch) */
+static int FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const xacts *xa, int64_t n, int64_t k,
                            int64_t r0, int64_t r1, int64_t rows, float *out) {
-    (void)xp; (void)xb;
+    const int8_t *xq = xa->q;
+    const float *xd = xa->d;
+    const int32_t *xs = xa->s;
     switch (T) {
     case Q5_0X4:
 #ifdef X86_VNNI
-        if (n < 4) { FN(mm_rows_x4)(w, rb, xp, xd, xb, n, k, r0, r1, rows, out); break; }
+        if (n < 4) { FN(mm_rows_x4)(w, rb, xa->p, xd, xa->b, n, k, r0, r1, rows, out); break; }
 #endif
         return FN(mm_x4_rows)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out);
     case Q4_0: FN(mm_Q4_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
@@ -956,7 +1039,11 @@ static int FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const int8_t *xq
     case Q5_0: FN(mm_Q5_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q5_1: FN(mm_Q5_1)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q8_0: FN(mm_Q8_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
-    case Q4_K: FN(mm_Q4_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
+    case Q4_K:
+#ifdef X86_VNNI
+        if (n < 4 && xa->k4) { FN(mm_rows_k512)(w, rb, T, xa->k4, xd, xs, xa->sdx, n, k, r0, r1, rows, out); break; }
+#endif
+        FN(mm_Q4_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q5_K: FN(mm_Q5_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     default:   FN(mm_Q6_K)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     }
