@@ -710,6 +710,37 @@ int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned shor
     return chunked_sav(scores, (const uint8_t *)v, F16, 2 * d, 1, H, KV, d, T, 0, nch < 1 ? 1 : nch, q, k, out);
 }
 
+/* per-thread float scratch of the dense decode step (grown, kept) */
+static __thread float *dd_buf;
+static __thread int64_t dd_cap;
+
+/* A dense f16 cache's decode step in one call: k (KV, d) roped at pos and v (KV, d) stored as f16
+ * in row `row` of kc, vc (cap, KV, d), then q (H, d) times scale attends rows lo..row, all visible
+ * (svdq_attend_f16). The same ops, in the same order, as the cache's append then attend. scores:
+ * (H * (row - lo + 1),) scratch; out (H, d). */
+int svdq_dense_decode(const float *q, float scale, const float *k, const float *v, long long H, long long KV,
+                      long long d, const float *cos_t, const float *sin_t, long long n_ctx, long long pos, int neox,
+                      unsigned short *kc, unsigned short *vc, long long cap, long long row, long long lo,
+                      float *scores, float *out) {
+    if (H <= 0 || KV <= 0 || d <= 0 || d % 2 || H % KV || row < 0 || row >= cap || lo < 0 || lo > row ||
+        pos < 0 || pos >= n_ctx)
+        return -3;
+    const int64_t need = KV * d + H * d;
+    if (need > dd_cap) {
+        float *p = (float *)realloc(dd_buf, (size_t)need * sizeof(float));
+        if (!p) return -5;
+        dd_buf = p; dd_cap = need;
+    }
+    float *kr = dd_buf, *qs = dd_buf + KV * d;               /* (KV, d) roped k, (H, d) scaled q */
+    svdq_rope(k, 1, KV, d, cos_t, sin_t, n_ctx, pos, neox, kr);
+    for (int64_t i = 0; i < KV * d; i++) {
+        kc[row * KV * d + i] = f2h(kr[i]);
+        vc[row * KV * d + i] = f2h(v[i]);
+    }
+    for (int64_t i = 0; i < H * d; i++) qs[i] = q[i] * scale;
+    return svdq_attend_f16(qs, kc + lo * KV * d, vc + lo * KV * d, H, KV, d, row - lo + 1, scores, out);
+}
+
 int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, long long H, long long KV,
                         long long d, long long T, float *out) {
     return svdq_softmax_av(scores, (const unsigned char *)v, F16, nq, H, KV, d, T, 0, 0, 0, 0, out);

@@ -33,6 +33,12 @@ int svdq_softmax_av_f16(float *scores, const unsigned short *v, long long nq, lo
  * out (H, d) */
 int svdq_attend_f16(const float *q, const unsigned short *k, const unsigned short *v, long long H, long long KV,
                     long long d, long long T, float *scores, float *out);
+/* a dense f16 cache's decode step: k (KV, d) roped at pos and v stored in row `row` of kc, vc
+ * (cap, KV, d), then q (H, d) * scale attends rows lo..row; scores (H*(row-lo+1),) scratch, out (H, d) */
+int svdq_dense_decode(const float *q, float scale, const float *k, const float *v, long long H, long long KV,
+                      long long d, const float *cos_t, const float *sin_t, long long n_ctx, long long pos, int neox,
+                      unsigned short *kc, unsigned short *vc, long long cap, long long row, long long lo,
+                      float *scores, float *out);
 /* softmax.V over V rows of vtype F16, Q8_0 or Q4_0 ((T, KV, d) as GGML rows); scores (nq, H, T), or
  * with kv_major (KV, nq, H/KV, T); with 0 < k < n each query's KV head group keeps only its k best
  * tokens of [p0, p0 + n) besides the others (token sparsity); scores are overwritten */

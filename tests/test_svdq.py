@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from svdq_edge import kernels
 from svdq_edge.kernels import svdq_numba, svdq_ref
 from dataclasses import replace
 
@@ -547,3 +548,51 @@ def test_relative_prompt_basis_is_fitted_in_the_block_frame():
     twin.append(keys[:300], vals[:300])
     twin.append(keys[300:], vals[300:])
     np.testing.assert_allclose(c.attend(q, 0.25), twin.attend(q, 0.25), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("H,KV,d,window,neox", [(4, 1, 256, 16, True), (14, 2, 64, None, False), (6, 3, 20, 5, True)])
+def test_dense_append_attend_equals_append_then_attend(H, KV, d, window, neox):
+    """A dense f16 cache's one-call decode step (the backend's rope, store and attend) leaves the
+    same rows and returns the same output, bit for bit, as append then attend, over steps that fill
+    past a sliding window (rows dropped and moved) and grow the arrays."""
+    from svdq_edge.kvcache.base import append_attend
+    rng = np.random.default_rng(H + d)
+    rope = RoPE(d, 10000.0, 600, neox)
+    one, two = (DenseCache(CacheSpec(0, H, KV, d, 600, window, rope)) for _ in range(2))
+    if kernels.dense_decoder() is None:
+        pytest.skip("the backend has no one-call dense decode")
+    pre = rng.standard_normal((7, KV, d)).astype(np.float32)
+    for c in (one, two):
+        c.append(pre, pre[:, :, ::-1].copy())
+    for step in range(300):
+        k = rng.standard_normal((1, KV, d)).astype(np.float32)
+        v = rng.standard_normal((1, KV, d)).astype(np.float32)
+        q = rng.standard_normal((1, H, d)).astype(np.float32)
+        got = append_attend(one, k, v, q, 0.125)
+        two.append(k, v)
+        want = two.attend(q, 0.125)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        assert (one.offset, one.start) == (two.offset, two.start)
+    rows = slice(0, one.offset - one.start)
+    np.testing.assert_array_equal(one.k[rows], two.k[rows])
+    np.testing.assert_array_equal(one.v[rows], two.v[rows])
+
+
+def test_dense_decode_refuses_bad_sizes():
+    """The one-call dense decode step checks rows, window start and position before touching the
+    cache arrays; the wrapper refuses shapes that do not match."""
+    from svdq_edge.kernels import cpu_c
+    H, KV, d, cap = 4, 2, 8, 16
+    rope = RoPE(d, 10000.0, 32, True)
+    kc, vc = np.zeros((cap, KV, d), np.float16), np.zeros((cap, KV, d), np.float16)
+    k = v = np.ones((1, KV, d), np.float32)
+    q = np.ones((1, H, d), np.float32)
+    dd = cpu_c.DenseDecoder()
+    assert dd(kc, vc, 3, 0, k, v, q, 1.0, rope.cos, rope.sin, 3, True).shape == (1, H, d)
+    for row, lo, pos in [(cap, 0, 3), (-1, 0, 3), (3, 4, 3), (3, -1, 3), (3, 0, 32)]:
+        with pytest.raises(ValueError, match="bad size"):
+            dd(kc, vc, row, lo, k, v, q, 1.0, rope.cos, rope.sin, pos, True)
+    with pytest.raises(ValueError, match="do not match"):
+        dd(kc, vc, 3, 0, k, v, np.ones((1, H, d + 2), np.float32), 1.0, rope.cos, rope.sin, 3, True)
+    with pytest.raises(ValueError, match="do not match"):
+        dd(kc, vc[:, :1], 3, 0, k, v, q, 1.0, rope.cos, rope.sin, 3, True)

@@ -13,6 +13,7 @@ import numpy as np
 from .. import kernels
 from ..config import ModelArgs
 from ..kernels import QWeight
+from ..kvcache.base import append_attend
 from ..rope import RoPE
 
 
@@ -171,9 +172,7 @@ class Transformer:
         for i in range(a.n_layer):
             rope = self.layer_rope(i)
             q, k, v = dl.attn_in(i, x, rope.cos, rope.sin, pos, rope.neox)        # (1, H, d), (1, KV, d) x 2
-            cache = self.caches[i]
-            cache.append(k, v)
-            dl.ffn(i, cache.attend(q, a.attn_scale), x)                              # x updated in place
+            dl.ffn(i, append_attend(self.caches[i], k, v, q, a.attn_scale), x)     # x updated in place
         x = rmsnorm(x, self.w.output_norm, a.norm_eps)
         return kernels.matmul(self.w.output, x)[0]                                   # (V,)
 

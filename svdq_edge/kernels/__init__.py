@@ -316,6 +316,13 @@ def attention_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, q_p
     return mod.softmax_av_f16(s, v)
 
 
+def dense_decoder():
+    """The backend's one-call decode step of a dense f16 cache (rope and store k, store v, attend),
+    a callable made per cache (it keeps pointers to that cache's arrays), or None."""
+    cls = getattr(backend(), "DenseDecoder", None)
+    return None if cls is None else cls()
+
+
 def _attention_mask(n: int, T: int, q_pos0: int, k_pos0: int, window: int | None) -> np.ndarray:
     """(n, T) True where query q_pos0 + i must not see key k_pos0 + j: later, or out of the window."""
     qp = q_pos0 + np.arange(n)[:, None]

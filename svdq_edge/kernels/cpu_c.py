@@ -338,6 +338,40 @@ def attend_f16(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
+class DenseDecoder:
+    """A dense f16 cache's decode step in one native call (svdq_dense_decode): rope k, store k and v
+    in row `row` of the cache arrays, attend rows lo..row. Pointers to the cache arrays and RoPE
+    tables are made once per array object (the cache reallocates them only when it grows)."""
+
+    def __init__(self):
+        self._p: dict = {}
+
+    def _ptr(self, name: str, a: np.ndarray, ctype: str):
+        hit = self._p.get(name)
+        if hit is None or hit[0] is not a:
+            hit = self._p[name] = (a, _ptr(a, ctype))
+        return hit[1]
+
+    def __call__(self, kc: np.ndarray, vc: np.ndarray, row: int, lo: int, k: np.ndarray, v: np.ndarray,
+                 q: np.ndarray, scale: float, cos: np.ndarray, sin: np.ndarray, pos: int, neox: bool) -> np.ndarray:
+        """kc, vc: float16 (cap, KV, d); k, v: float32 (1, KV, d) pre-RoPE key, value; q: float32
+        (1, H, d) -> (1, H, d)."""
+        cap, KV, d = kc.shape
+        H = q.shape[1]
+        if (vc.shape != kc.shape or kc.dtype != np.float16 or vc.dtype != np.float16 or k.shape != (1, KV, d)
+                or v.shape != (1, KV, d) or q.shape != (1, H, d) or not _tables_match(cos, sin, d)):
+            raise ValueError(f"dense decode: q {q.shape} k {k.shape} v {v.shape} cache {kc.shape} do not match")
+        k, v, q = _f32c(k), _f32c(v), _f32c(q)
+        scores = _buf("attend_scores", H * (row - lo + 1))                          # (H*T,) scratch
+        out = np.empty((1, H, d), np.float32)                                       # (1, H, d)
+        _ok(lib.svdq_dense_decode(_ptr(q, "float *"), float(scale), _ptr(k, "float *"), _ptr(v, "float *"), H, KV, d,
+                                  self._ptr("cos", cos, "float *"), self._ptr("sin", sin, "float *"), cos.shape[0],
+                                  int(pos), int(bool(neox)), self._ptr("kc", kc, "unsigned short *"),
+                                  self._ptr("vc", vc, "unsigned short *"), cap, int(row), int(lo),
+                                  _ptr(scores, "float *"), _ptr(out, "float *")), "dense decode")
+        return out
+
+
 def softmax_av_f16(scores: np.ndarray, v: np.ndarray) -> np.ndarray:
     """scores: float32 (n, H, T) (-inf = masked; overwritten), v: float16 (T, KV, d) -> (n, H, d).
     V rows are read only where the softmax weight is nonzero."""
@@ -425,15 +459,20 @@ class DecodeLayers:
         self.scratch = np.empty(2 * E + 2 * F, np.float32)  # (2E + 2F,) ffn temporaries
         self._p = {n: _ptr(getattr(self, n), "float *") for n in ("q", "k", "v", "h", "scratch")}
         self._tables: dict = {}
+        self._x, self._xp = None, None                      # the last x and its pointer
 
-    def _check_x(self, x: np.ndarray) -> None:
-        if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
-            raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+    def _x_ptr(self, x: np.ndarray):
+        """x's pointer, checked once per array: a decode step passes the same x to every layer."""
+        if x is not self._x:
+            if x.dtype != np.float32 or x.shape != (1, self.h.shape[0]) or not x.flags.c_contiguous:
+                raise ValueError(f"decode layer: x must be float32 (1, {self.h.shape[0]}), got {x.dtype} {x.shape}")
+            self._x, self._xp = x, _ptr(x, "float *")
+        return self._xp
 
     def attn_in(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, pos: int, neox: bool):
         """x float32 (1, E) C-contiguous -> (q, k, v) views of this object's buffers, valid until the
         next call: q (1, H, d) roped at pos, k and v (1, KV, d)."""
-        self._check_x(x)
+        xp = self._x_ptr(x)
         key = id(cos)
         hit = self._tables.get(key)
         if hit is None or hit[0] is not cos:
@@ -441,15 +480,15 @@ class DecodeLayers:
                 raise ValueError("decode layer: RoPE tables do not match")
             hit = self._tables[key] = (cos, sin, _ptr(cos, "float *"), _ptr(sin, "float *"))
         p = self._p
-        _ok(lib.svdq_layer_attn_in(self.layers[i], _ptr(x, "float *"), hit[2], hit[3], cos.shape[0], int(pos),
+        _ok(lib.svdq_layer_attn_in(self.layers[i], xp, hit[2], hit[3], cos.shape[0], int(pos),
                                    int(bool(neox)), p["h"], p["q"], p["k"], p["v"]), "decode layer")
         return self.q, self.k, self.v
 
     def ffn(self, i: int, o: np.ndarray, x: np.ndarray) -> None:
         """x (1, E) += the attention output o (1, H*d) through Wo, then the FFN block; in place."""
-        self._check_x(x)
+        xp = self._x_ptr(x)
         o = _f32c(o)
         if o.size != self.q.size:
             raise ValueError(f"decode layer: attention output has {o.size} values, expected {self.q.size}")
-        _ok(lib.svdq_layer_ffn(self.layers[i], _ptr(o, "float *"), _ptr(x, "float *"), self._p["scratch"]),
+        _ok(lib.svdq_layer_ffn(self.layers[i], _ptr(o, "float *"), xp, self._p["scratch"]),
             "decode layer")

@@ -47,6 +47,17 @@ class LayerCache(Protocol):
     def trim(self, n: int) -> None: ...
     def nbytes(self, at: int | None = None) -> int: ...
     def k_bits_per_elem(self, at: int | None = None) -> float: ...
+    # optional: append_attend(k, v, q, scale), one decode token's append then attend in one step
+
+
+def append_attend(cache, k: np.ndarray, v: np.ndarray, q: np.ndarray, scale: float) -> np.ndarray:
+    """A decode token through a layer cache: cache.append_attend where the cache has it (one native
+    call), else append then attend."""
+    f = getattr(cache, "append_attend", None)
+    if f is not None:
+        return f(k, v, q, scale)
+    cache.append(k, v)
+    return cache.attend(q, scale)
 
 
 def causal_softmax_attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,

@@ -21,6 +21,7 @@ class DenseCache:
         self._cap = 0
         self.k = np.empty((0, spec.n_kv, spec.head_dim), self.dtype)   # (cap, n_kv, head_dim)
         self.v = np.empty((0, spec.n_kv, spec.head_dim), self.dtype)   # (cap, n_kv, head_dim)
+        self._decoder = None  # the backend's one-call decode step (append_attend), made on first use
 
     def _reserve(self, n: int) -> None:
         """Room for positions up to n (rows n - start)."""
@@ -52,6 +53,24 @@ class DenseCache:
         self.k[r:r + n] = self.spec.rope.apply(k, self.offset)
         self.v[r:r + n] = v
         self.offset += n
+
+    def append_attend(self, k: np.ndarray, v: np.ndarray, q: np.ndarray, scale: float) -> np.ndarray:
+        """append(k, v) then attend(q, scale) for one decode token: one native call where the
+        backend has it (f16 storage), else the two steps."""
+        if self._decoder is None:
+            self._decoder = (kernels.dense_decoder() if self.dtype == np.float16 else None) or False
+        if not self._decoder or k.shape[0] != 1 or q.shape[0] != 1:
+            self.append(k, v)
+            return self.attend(q, scale)
+        self._reserve(self.offset + 1)
+        pos = self.offset
+        lo = pos - self.spec.window + 1 if self.spec.window is not None else 0
+        lo = max(lo, self.start)
+        rope = self.spec.rope
+        out = self._decoder(self.k, self.v, pos - self.start, lo - self.start, k, v, q, scale,
+                            rope.cos, rope.sin, pos, rope.neox)
+        self.offset += 1
+        return out
 
     def attend(self, q: np.ndarray, scale: float) -> np.ndarray:
         n = q.shape[0]
@@ -86,6 +105,8 @@ class DenseCache:
 class QuantCache(DenseCache):
     """llama.cpp's per-token block caches as baselines: q8_0 / q4_0 blocks of 32 values per row
     (the GGML formats, via gguf.quants), dequantized for attention as llama.cpp does on CPU."""
+
+    append_attend = None            # its own append and attend (quantized rows), not the f16 call
 
     def __init__(self, spec: CacheSpec, ctk: str, ctv: str):
         super().__init__(spec, np.float16)
