@@ -7,7 +7,8 @@ real model run under cProfile. Prints ms per step and the top functions by own t
     python tools/decode_profile.py DEPTH --prefill 512
     python tools/decode_profile.py DEPTH 128 --model gemma --phases   # ms per step by phase, no cProfile
 --phases times each layer's calls with perf_counter wrappers instead (attn_in, ffn, the caches'
-append and attend, split into window and global layers, and the output matmul): cProfile's
+append and attend, or append_attend where a cache takes both in one call, split into window and
+global layers, and the output matmul): cProfile's
 overhead and millisecond totals hide the phases of a 7 ms step.
 Use it to find what to speed up; the figures to report come from tools/llamacpp_bench.py.
 """
@@ -103,6 +104,8 @@ if a.phases:
         kind = "global" if ar.layer_window[i] is None else "window"
         wrap(c, "append", kind + ".append")
         wrap(c, "attend", kind + ".attend")
+        if getattr(c, "append_attend", None) is not None:       # one call for both (dense f16 caches)
+            wrap(c, "append_attend", kind + ".append_attend")
     wrap(transformer.kernels, "matmul", "output")       # the decode step's one matmul outside the layers
     t0 = pc()
     for t in toks[4:]:
