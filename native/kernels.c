@@ -26,7 +26,7 @@
 #include "svdq_edge.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
-       Q5_0X4 = 106 /* Q5_0 repacked for decode (repack_q5_0_row), not a GGML type */ };
+       Q5_0X4 = 106, Q8_0X4 = 108 /* Q5_0, Q8_0 repacked for decode (repack_q5_0_row, repack_q8_0_row), not GGML types */ };
 enum { PATH_AUTO = -1, PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVX512 = 2, PATH_NEON = 3, PATH_NEON_DOT = 4 };
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -55,6 +55,7 @@ static int64_t type_row_bytes(int T, int64_t k) {
     case Q4_1: return k % 32 ? -1 : k / 32 * 20;
     case Q5_0: return k % 32 ? -1 : k / 32 * 22;
     case Q5_0X4: return k % 128 ? -1 : k / 32 * 22;
+    case Q8_0X4: return k % 128 ? -1 : k / 32 * 34;
     case Q5_1: return k % 32 ? -1 : k / 32 * 24;
     case Q8_0: return k % 32 ? -1 : k / 32 * 34;
     case Q4_K: return k % 256 ? -1 : k / 256 * 144;
@@ -127,6 +128,26 @@ static void unrepack_q5_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
     }
 }
 
+/* Q8_0X4: Q8_0 rows in quads of 4 blocks (128 values, 136 bytes): [0, 128) the 4 blocks' int8
+ * codes in value order, [128, 136) their fp16 scales; two 64-byte loads take a quad */
+static void repack_q8_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
+    for (int64_t q = 0; q < nb / 4; q++)
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *b = src + (4 * q + i) * 34;
+            memcpy(dst + q * 136 + 32 * i, b + 2, 32);
+            memcpy(dst + q * 136 + 128 + 2 * i, b, 2);
+        }
+}
+
+static void unrepack_q8_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
+    for (int64_t q = 0; q < nb / 4; q++)
+        for (int i = 0; i < 4; i++) {
+            uint8_t *b = dst + (4 * q + i) * 34;
+            memcpy(b + 2, src + q * 136 + 32 * i, 32);
+            memcpy(b, src + q * 136 + 128 + 2 * i, 2);
+        }
+}
+
 /* the activations in quad order for Q5_0X4: xp (n, k) codes, per quad [values 0-15 of blocks
  * 0..3, values 16-31 of blocks 0..3]; xb (n, k/8) int32, per quad 16 lanes, lane 4i = -16 x the
  * code sum of block i (the codes' offset, added where the dot starts), the others 0 */
@@ -145,7 +166,7 @@ static void prep_x4(const int8_t *xq, const int32_t *xs, int64_t n, int64_t k, i
         }
 }
 
-/* per-thread rows of Q5_0 un-repacked for the paths without a Q5_0X4 kernel (grown, kept) */
+/* per-thread rows un-repacked (Q5_0X4, Q8_0X4) for the paths without their kernels (grown, kept) */
 static __thread uint8_t *x4_rows;
 static __thread int64_t x4_cap;
 
@@ -168,6 +189,7 @@ typedef struct {
     int32_t *b;     /* (n, k/8) Q5_0X4 offsets, or NULL */
     int8_t *k4;     /* (n, k) codes in Q4_K nibble order (prep_k4), or NULL */
     float *sdx;     /* (n, k/32) per 32 values: code sum x scale, or NULL */
+    float *sf;      /* (n, k/32) per 32 values: code sum (for Q8_0X4's +128 offset), or NULL */
 } xacts;
 
 /* per 256 values the 32-value blocks in the order a Q4_K superblock's nibbles hold them: a
@@ -322,12 +344,16 @@ static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
 #define BY_PATH_R(rc, fn, ...) rc = fn##_scalar(__VA_ARGS__)
 #endif
 
-static void xacts_free(xacts *a) { free(a->q); free(a->d); free(a->s); free(a->p); free(a->b); free(a->k4); free(a->sdx); }
+static void xacts_free(xacts *a) {
+    free(a->q); free(a->d); free(a->s); free(a->p); free(a->b); free(a->k4); free(a->sdx); free(a->sf);
+}
 
 /* x (n, k) quantized; x4: some weight is Q5_0X4; k4: some weight is Q4_K (its avx512 decode
- * kernel reads the reordered codes, for n < 4) */
-static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4, int k4) {
+ * kernel reads the reordered codes, for n < 4); q8: some weight is Q8_0X4 */
+static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4, int k4, int q8) {
     k4 = k4 && n < 4 && k % 256 == 0;
+    a->sf = q8 ? (float *)malloc((size_t)(n * (k / 32)) * 4) : NULL;
+    if (q8 && !a->sf) return -5;
     a->q = (int8_t *)malloc((size_t)(n * k));
     a->d = (float *)malloc((size_t)(n * (k / 32)) * 4);
     a->s = (int32_t *)malloc((size_t)(n * (k / 16)) * 4);
@@ -339,6 +365,7 @@ static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4, in
     BY_PATH(quantize_q8, x, n, k, a->q, a->d, a->s);
     if (x4) prep_x4(a->q, a->s, n, k, a->p, a->b);
     if (k4) prep_k4(a->q, a->d, a->s, n, k, a->k4, a->sdx);
+    if (q8) for (int64_t i = 0; i < n * (k / 32); i++) a->sf[i] = (float)(a->s[2 * i] + a->s[2 * i + 1]);
     return 0;
 }
 
@@ -352,7 +379,7 @@ int svdq_matmul(const unsigned char *w, long long rows, long long row_bytes, int
         return 0;
     }
     xacts xa;
-    if (xacts_make(&xa, x, n, k, T == Q5_0X4, T == Q4_K)) return -5;
+    if (xacts_make(&xa, x, n, k, T == Q5_0X4, T == Q4_K, T == Q8_0X4)) return -5;
     int err = 0;
     PARALLEL_ROWS(rows, {
         int e_;
@@ -380,10 +407,10 @@ int svdq_matmul_multi(long long nw, const unsigned char **w, const long long *ro
         if (float_type(types[i])) return -1;
         off[i + 1] = off[i] + rows[i];
     }
-    int x4 = 0, k4 = 0;
-    for (int64_t i = 0; i < nw; i++) { x4 |= types[i] == Q5_0X4; k4 |= types[i] == Q4_K; }
+    int x4 = 0, k4 = 0, q8 = 0;
+    for (int64_t i = 0; i < nw; i++) { x4 |= types[i] == Q5_0X4; k4 |= types[i] == Q4_K; q8 |= types[i] == Q8_0X4; }
     xacts xa;
-    if (xacts_make(&xa, x, n, k, x4, k4)) return -5;
+    if (xacts_make(&xa, x, n, k, x4, k4, q8)) return -5;
     int err = 0;
     PARALLEL_ROWS(off[nw], {
         for (int64_t i = 0; i < nw; i++) {
@@ -603,36 +630,38 @@ int svdq_latent_attend(const float *q, long long H, long long KV, long long d, c
     /* (PARALLEL_ROWS names its chunk bounds r0, r1: no locals of those names here) */
     if (!rb) BY_PATH(latent_qproj, q, H, KV, d, vmu, ldq, qp);
     const int64_t nsub = B / sub;                           /* projection units per block */
-    if (nblk)
-        PARALLEL_ROWS(nblk, {
-            float *acc = scratch + (size_t)thread_id() * per;
-            float *qr = acc + H + H * B + H * r + 1;           /* (one declarator per statement: */
-            float *qpr = qr + pair * H * d;                     /*  a comma would split the macro) */
-            for (int64_t u = r0 * nsub; u < r1 * nsub; u += pair) {
-                const int64_t np = u + pair <= r1 * nsub ? pair : 1;  /* units (b, t0) projected at once */
-                if (rb) {   /* relative frame: this rotation block's codes are R(c)^T k, so score R(c)^T q */
-                    for (int64_t p = 0; p < np; p++) {
-                        const int64_t c = S + (u + p) * sub + rb / 2;
-                        BY_PATH(unrotate_q, q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr + p * H * d);
-                    }
-                    BY_PATH(latent_qproj, qr, np * H, KV, d, vmu, ldq, qpr);   /* KV 1 when np 2 */
-                }
-                for (int64_t p = 0; p < np; p++) {
-                    const float *qb = rb ? qpr + p * H * ldq : qp;
-                    const int64_t b = (u + p) / nsub;
-                    const int64_t t0 = (u + p) % nsub * sub;
-                    BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qb, ldq, qb + r, H, B,
-                            t0, t0 + sub, scores + S, T, acc, acc + H + H * B);
-                }
-            }
-        });
-    free(qp); free(scratch);
-    /* f16 sinks (rows 0..S of kf) and window (rows S.. of kf, positions S + P ..) */
     const int64_t g = H / KV;
-    for (int64_t kv = 0; kv < KV; kv++) {
-        BY_PATH(qk_group, q + kv * g * d, kf, KV, d, kv, g, 0, S, scores + kv * g * T, T);
-        BY_PATH(qk_group, q + kv * g * d, kf + S * KV * d, KV, d, kv, g, 0, nwin, scores + kv * g * T + S + P, T);
-    }
+    /* items 0..nblk-1 the packed blocks, item nblk the f16 sinks (rows 0..S of kf) and window (rows
+     * S.. of kf, positions S + P ..), so that part runs beside the blocks, not after them */
+    PARALLEL_ROWS(nblk + 1, {
+        float *acc = scratch + (size_t)thread_id() * per;
+        float *qr = acc + H + H * B + H * r + 1;           /* (one declarator per statement: */
+        float *qpr = qr + pair * H * d;                     /*  a comma would split the macro) */
+        const int64_t b1 = r1 < nblk ? r1 : nblk;
+        for (int64_t u = r0 * nsub; u < b1 * nsub; u += pair) {
+            const int64_t np = u + pair <= b1 * nsub ? pair : 1;  /* units (b, t0) projected at once */
+            if (rb) {   /* relative frame: this rotation block's codes are R(c)^T k, so score R(c)^T q */
+                for (int64_t p = 0; p < np; p++) {
+                    const int64_t c = S + (u + p) * sub + rb / 2;
+                    BY_PATH(unrotate_q, q, H, d, cos_t + c * (d / 2), sin_t + c * (d / 2), neox, qr + p * H * d);
+                }
+                BY_PATH(latent_qproj, qr, np * H, KV, d, vmu, ldq, qpr);   /* KV 1 when np 2 */
+            }
+            for (int64_t p = 0; p < np; p++) {
+                const float *qb = rb ? qpr + p * H * ldq : qp;
+                const int64_t b = (u + p) / nsub;
+                const int64_t t0 = (u + p) % nsub * sub;
+                BY_PATH(latent_block, c8, c4, c2, c1, n8, n4, n2, n1, scale, mn, b, qb, ldq, qb + r, H, B,
+                        t0, t0 + sub, scores + S, T, acc, acc + H + H * B);
+            }
+        }
+        if (r1 > nblk)
+            for (int64_t kv = 0; kv < KV; kv++) {
+                BY_PATH(qk_group, q + kv * g * d, kf, KV, d, kv, g, 0, S, scores + kv * g * T, T);
+                BY_PATH(qk_group, q + kv * g * d, kf + S * KV * d, KV, d, kv, g, 0, nwin, scores + kv * g * T + S + P, T);
+            }
+    });
+    free(qp); free(scratch);
     if (topk > 0 && topk < P) return topk_softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, S, P, topk, 0, out);
     return softmax_av(scores, v, vtype, vrb, 1, H, KV, d, T, 0, out);
 }
@@ -970,13 +999,14 @@ int svdq_topk_mask(float *s, long long nq, long long H, long long KV, long long 
     return 0;
 }
 
-/* W's rows in the decode layout of its type, where there is one: Q5_0 -> Q5_0X4 (k a multiple of
- * 128; kernels.c's layout comment). dst: (rows, row_bytes), the same size. Returns the new type, or
+/* W's rows in the decode layout of its type, where there is one: Q5_0 -> Q5_0X4, Q8_0 -> Q8_0X4 (k a
+ * multiple of 128; the layout comments above). dst: (rows, row_bytes), the same size. Returns the new type, or
  * a negative code (-1: no repacked layout for this type or k). */
 int svdq_repack(const unsigned char *w, long long rows, long long row_bytes, int T, long long k, unsigned char *dst) {
     int e = check(T, rows, row_bytes, k);
     if (e) return e;
-    if (T != Q5_0 || k % 128) return -1;
-    for (long long r = 0; r < rows; r++) repack_q5_0_row(w + r * row_bytes, k / 32, dst + r * row_bytes);
-    return Q5_0X4;
+    if ((T != Q5_0 && T != Q8_0) || k % 128) return -1;
+    for (long long r = 0; r < rows; r++)
+        (T == Q5_0 ? repack_q5_0_row : repack_q8_0_row)(w + r * row_bytes, k / 32, dst + r * row_bytes);
+    return T == Q5_0 ? Q5_0X4 : Q8_0X4;
 }

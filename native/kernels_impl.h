@@ -20,6 +20,11 @@ static inline __attribute__((always_inline)) void FN(decode32)(const uint8_t *ro
         float d = h2f(rd16(o));
         float m = T == Q4_1 ? h2f(rd16(o + 2)) : 0.0f;
         sm[0] = sm[1] = d; sm[2] = sm[3] = m;
+    } else if (T == Q8_0X4) {
+        const uint8_t *o = row + (b >> 2) * 136;
+        const int i = (int)(b & 3);
+        for (int l = 0; l < 32; l++) q[l] = (int8_t)o[32 * i + l];
+        sm[0] = sm[1] = h2f(rd16(o + 128 + 2 * i)); sm[2] = sm[3] = 0.0f;
     } else if (T == Q5_0X4) {
         const uint8_t *o = row + (b >> 2) * 88;
         const int i = (int)(b & 3);
@@ -493,6 +498,44 @@ static inline __attribute__((always_inline)) void FN(mm_rows_k512)(const uint8_t
                 }
             }
             out[t * rows + r] = _mm512_reduce_add_ps(acc) - (T == Q6_K ? 32.0f : 1.0f) * _mm512_reduce_add_ps(off);
+        }
+    }
+}
+
+/* Q8_0X4 rows [r0, r1) (kernels.c: repack_q8_0_row), n < 4 tokens: a quad of 4 blocks is two
+ * 64-byte loads of codes in value order, made unsigned (w + 128) for two vpdpbusd against the
+ * activations as they are; lanes 0-7 and 8-15 of each are one block, scaled in float by d dx;
+ * the +128 comes off as 128 sum_b d_b dx_b S_b (sf: the blocks' code sums). */
+static inline __attribute__((always_inline)) void FN(mm_rows_q8x4)(const uint8_t *w, int64_t row_bytes,
+        const int8_t *xq, const float *xd, const float *sf, int64_t n, int64_t k,
+        int64_t r0, int64_t r1, int64_t rows, float *out) {
+    enum { PF = 4096 };
+    const int64_t nq = k / 128;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i p01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i p23 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *xt = xq + t * k;
+            const float *dxt = xd + t * (k / 32), *st = sf + t * (k / 32);
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            __m128 off = _mm_setzero_ps();
+            for (int64_t q = 0; q < nq; q++) {
+                const uint8_t *o = row + q * 136;
+                for (int l = 0; l < 3; l++) _mm_prefetch((const char *)(o + PF + 64 * l), _MM_HINT_T0);
+                const __m512i u0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)o), flip);
+                const __m512i u1 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(o + 64)), flip);
+                const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u0, _mm512_loadu_si512((const void *)(xt + 128 * q)));
+                const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u1, _mm512_loadu_si512((const void *)(xt + 128 * q + 64)));
+                const __m128 s4 = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(o + 128))), _mm_loadu_ps(dxt + 4 * q));
+                const __m512 s16 = _mm512_castps128_ps512(s4);
+                a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(p01, s16), a0);
+                a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(p23, s16), a1);
+                off = _mm_fmadd_ps(s4, _mm_loadu_ps(st + 4 * q), off);
+            }
+            off = _mm_add_ps(off, _mm_movehl_ps(off, off));
+            out[t * rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) - 128.0f * _mm_cvtss_f32(_mm_add_ss(off, _mm_movehdup_ps(off)));
         }
     }
 }
@@ -1006,17 +1049,20 @@ MM_TYPE(Q4_0) MM_TYPE(Q4_1) MM_TYPE_FAST(Q5_0) MM_TYPE(Q5_1) MM_TYPE_FAST(Q8_0) 
 #undef VG_MUL
 #endif
 
-/* Q5_0X4 where this path has no kernel for it (and for n >= 4 tokens): up to X4_CHUNK rows at a time
- * un-repacked into the thread's scratch and run as Q5_0; 0, or -5 when the scratch cannot be had */
+/* Q5_0X4 / Q8_0X4 where this path has no kernel for them (and for n >= 4 tokens): up to X4_CHUNK
+ * rows at a time un-repacked into the thread's scratch and run as Q5_0 / Q8_0; 0, or -5 when the
+ * scratch cannot be had */
 #define X4_CHUNK 64
-static int FN(mm_x4_rows)(const uint8_t *w, int64_t rb, const int8_t *xq, const float *xd, const int32_t *xs,
+static int FN(mm_x4_rows)(const uint8_t *w, int64_t rb, const int T, const int8_t *xq, const float *xd, const int32_t *xs,
                           int64_t n, int64_t k, int64_t r0, int64_t r1, int64_t rows, float *out) {
-    uint8_t *tmp = x4_scratch(X4_CHUNK * rb);                    /* (X4_CHUNK, rb) Q5_0 rows */
+    uint8_t *tmp = x4_scratch(X4_CHUNK * rb);                    /* (X4_CHUNK, rb) plain rows */
     if (!tmp) return -5;
     for (int64_t a = r0; a < r1; a += X4_CHUNK) {
         const int64_t m = r1 - a < X4_CHUNK ? r1 - a : X4_CHUNK;
-        for (int64_t r = 0; r < m; r++) unrepack_q5_0_row(w + (a + r) * rb, k / 32, tmp + r * rb);
-        FN(mm_Q5_0)(tmp, rb, xq, xd, xs, n, k, 0, m, rows, out + a);
+        for (int64_t r = 0; r < m; r++)
+            (T == Q5_0X4 ? unrepack_q5_0_row : unrepack_q8_0_row)(w + (a + r) * rb, k / 32, tmp + r * rb);
+        if (T == Q5_0X4) FN(mm_Q5_0)(tmp, rb, xq, xd, xs, n, k, 0, m, rows, out + a);
+        else FN(mm_Q8_0)(tmp, rb, xq, xd, xs, n, k, 0, m, rows, out + a);
     }
     return 0;
 }
@@ -1033,7 +1079,12 @@ static int FN(mm_dispatch)(const uint8_t *w, int64_t rb, int T, const xacts *xa,
 #ifdef X86_VNNI
         if (n < 4) { FN(mm_rows_x4)(w, rb, xa->p, xd, xa->b, n, k, r0, r1, rows, out); break; }
 #endif
-        return FN(mm_x4_rows)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out);
+        return FN(mm_x4_rows)(w, rb, T, xq, xd, xs, n, k, r0, r1, rows, out);
+    case Q8_0X4:
+#ifdef X86_VNNI
+        if (n < 4 && xa->sf) { FN(mm_rows_q8x4)(w, rb, xq, xd, xa->sf, n, k, r0, r1, rows, out); break; }
+#endif
+        return FN(mm_x4_rows)(w, rb, T, xq, xd, xs, n, k, r0, r1, rows, out);
     case Q4_0: FN(mm_Q4_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q4_1: FN(mm_Q4_1)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;
     case Q5_0: FN(mm_Q5_0)(w, rb, xq, xd, xs, n, k, r0, r1, rows, out); break;

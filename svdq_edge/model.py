@@ -89,8 +89,8 @@ class Model:
             from .arch.cuda_transformer import CudaTransformer
             self.model = CudaTransformer(self.args, self.weights, n_ctx)
         else:
-            # the backend's decode layouts (C on avx512: Q5_0 -> Q5_0X4), the file's pages released
-            kernels.repack_layers(self.weights.layers, self.gguf.release)
+            # the backend's decode layouts (C on avx512: Q5_0, Q8_0 in quads), the file's pages released
+            kernels.repack_weights(self.weights, self.gguf.release)
             self.model = Transformer(self.args, self.weights, n_ctx)
         self.cache_options = cache_options or CacheOptions()
         self.tokens: list[int] = []

@@ -26,17 +26,20 @@ LAYOUTS: dict[int, tuple[int, int]] = {
 
 SUPPORTED = frozenset(LAYOUTS)      # types a GGUF file may hold
 
-# Weight layouts of our own, made at load time for a kernel (never in a file). Q5_0X4: Q5_0 in quads
-# of 4 blocks, 88 bytes = qs[4][16], 64-bit masks of the fifth bits of values 0-15 and 16-31
-# (bit 16 i + l for block i), d[4] (native/kernels.c, repack_q5_0_row).
-Q5_0X4 = 106
-REPACKED: dict[int, tuple[int, int]] = {Q5_0X4: (4 * 32, 4 * (2 + 4 + 16))}
-REPACKED_FROM = {Q5_0X4: T.Q5_0}
+# Weight layouts of our own, made at load time for a kernel (never in a file), in quads of 4 blocks
+# (native/kernels.c, repack_q5_0_row / repack_q8_0_row):
+#   Q5_0X4 88 B: qs[4][16], 64-bit masks of the fifth bits of values 0-15 and 16-31 (bit 16 i + l
+#                for block i), d[4]
+#   Q8_0X4 136 B: qs int8[4][32] (the 128 values in order), d[4]
+Q5_0X4, Q8_0X4 = 106, 108
+REPACKED: dict[int, tuple[int, int]] = {Q5_0X4: (4 * 32, 4 * (2 + 4 + 16)), Q8_0X4: (4 * 32, 4 * (2 + 32))}
+REPACKED_FROM = {Q5_0X4: T.Q5_0, Q8_0X4: T.Q8_0}
+REPACKED_NAMES = {Q5_0X4: "Q5_0X4", Q8_0X4: "Q8_0X4"}
 
 
 def type_name(qtype: int) -> str:
-    if qtype == Q5_0X4:
-        return "Q5_0X4"
+    if qtype in REPACKED_NAMES:
+        return REPACKED_NAMES[qtype]
     try:
         return T(qtype).name
     except ValueError:

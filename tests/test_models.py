@@ -190,17 +190,19 @@ def test_composed_decode_layers_match_the_per_op_path(key, ctk):
 
 
 def test_repacked_weights_match_the_file_layout(gemma_path):
-    """Where the C backend repacks Q5_0 layer weights at load (avx512: Q5_0X4): a prompt's logits are
-    bit for bit those of the same model loaded with the file's layout (prefill un-repacks rows into
-    the same Q5_0 kernels), and every repacked weight's decode matvec on a real hidden state equals
-    the file layout's within 1e-5 of its terms' scale (float summation order). Whole decode steps
+    """Where the C backend repacks weights at load (avx512: Q5_0 -> Q5_0X4, Q8_0 -> Q8_0X4, Gemma's
+    tied output matrix included): a prompt's logits equal those of the same model loaded with the
+    file's layout up to float summation order (prefill un-repacks rows into the same kernels; only
+    the last token's output matvec is the repacked kernel), and every repacked weight's decode
+    matvec on a real hidden state equals the file layout's within 1e-5 of its terms' scale. Whole
+    decode steps
     are not compared: with 8-bit activations a change in the last float bit can flip an activation
     code, and a 1e-6 relative change of the embedding moves Gemma's logits by up to 1.8 of 27
     (measured), so only the kernels' own agreement is a sound bound."""
     from svdq_edge import kernels
     from svdq_edge.kernels import cpu_c, ref
     from svdq_edge.model import Model
-    from svdq_edge.quants import Q5_0X4
+    from svdq_edge.quants import Q5_0X4, REPACKED_FROM
     m = loaded("gemma", n_ctx=128, cache_options=F16)
     if not any(lw.wq.qtype == Q5_0X4 for lw in m.weights.layers):
         pytest.skip("no repacked weights on this path / backend")
@@ -217,18 +219,23 @@ def test_repacked_weights_match_the_file_layout(gemma_path):
     got = m.feed(ids)
     plain.reset()
     want = plain.model.forward(ids, hidden_hook=lambda i, k, v, q: hidden.setdefault(i, q.reshape(len(ids), -1)))
-    np.testing.assert_array_equal(got, want)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    pairs = [(i, name, getattr(lw, name), getattr(pw, name))
+             for i, (lw, pw) in enumerate(zip(m.weights.layers, plain.weights.layers)) for name in kernels.LAYER_WEIGHTS]
+    pairs.append((m.args.n_layer - 1, "output", m.weights.output, plain.weights.output))
     n_repacked = 0
-    for i, (lw, pw) in enumerate(zip(m.weights.layers, plain.weights.layers)):
-        for name in kernels.LAYER_WEIGHTS:
-            w, p = getattr(lw, name), getattr(pw, name)
-            if w.qtype != Q5_0X4:
-                continue
-            n_repacked += 1
-            x = np.resize(hidden[i][-1], (1, w.cols)).astype(np.float32)      # a real activation row
-            scale = (np.abs(x) @ np.abs(ref.dequantize(p.data, p.qtype)).T).max()
-            assert np.abs(kernels.matmul(w, x) - kernels.matmul(p, x)).max() <= 1e-5 * scale, (i, name)
-    assert n_repacked >= 4 * m.args.n_layer                      # q, k, gate, up at least
+    for i, name, w, p in pairs:
+        if w.qtype not in REPACKED_FROM:
+            continue
+        assert REPACKED_FROM[w.qtype] == p.qtype
+        n_repacked += 1
+        x = np.resize(hidden[i][-1], (1, w.cols)).astype(np.float32)          # a real activation row
+        scale = (np.abs(x) @ np.abs(ref.dequantize(p.data, p.qtype)).T).max()
+        assert np.abs(kernels.matmul(w, x) - kernels.matmul(p, x)).max() <= 1e-5 * scale, (i, name)
+    assert n_repacked >= 4 * m.args.n_layer + 1                  # q, k, gate, up and the output at least
+    assert m.weights.tok_embd is m.weights.output                # still tied: one copy
+    ids_ = np.array([0, 5, m.args.n_vocab - 1])
+    np.testing.assert_array_equal(kernels.get_rows(m.weights.tok_embd, ids_), kernels.get_rows(plain.weights.tok_embd, ids_))
 
 
 def test_composed_decode_layers_refuse_a_mismatched_layer():

@@ -143,39 +143,42 @@ def test_native_int8_prefill_tiles(qtype, n):
             assert np.abs(out - q8).max() / scale < 1e-5, (p, k, np.abs(out - q8).max() / scale)
 
 
+@pytest.mark.parametrize("src", [T.Q5_0, T.Q8_0], ids=lambda q: q.name)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 9, 17, 34])
-def test_q5_0x4_repack_and_matmul(n):
-    """Q5_0 repacked at load time (Q5_0X4): the C repack equals the numpy oracle byte for byte and
-    round-trips; its matmul on every path and with 1-3 threads (avx512's own kernel below 4 tokens,
-    elsewhere and for prefill un-repacked Q5_0 rows through the Q5_0 kernels) and in a fused call
-    beside a plain weight equals the Q8 oracle of the original blocks within 1e-5; its dequantized
-    rows are the original's, bit for bit, on every backend."""
+def test_repacked_x4_matmul(src, n):
+    """Q5_0 / Q8_0 repacked at load time (Q5_0X4 / Q8_0X4): the C repack equals the numpy oracle
+    byte for byte and round-trips; its matmul on every path and with 1-3 threads (avx512's own
+    kernels below 4 tokens, elsewhere and for prefill un-repacked rows through the plain kernels)
+    and in a fused call beside a plain weight equals the Q8 oracle of the original blocks within
+    1e-5; its dequantized rows are the original's, bit for bit, on every backend."""
     from svdq_edge.kernels import cpu_c
-    from svdq_edge.quants import Q5_0X4
+    from svdq_edge.quants import Q5_0X4, Q8_0X4
+    to = {T.Q5_0: Q5_0X4, T.Q8_0: Q8_0X4}[src]
+    pack, unpack = ref.REPACKS[to][1], ref.REPACKS[to][2]
     for k, rows in [(128, 1), (640, 37), (896, 70), (1024, 150)]:
-        data = random_blocks(T.Q5_0, rows, k, 900 + k + n)
-        rp = ref.repack_q5_0x4(data)
-        np.testing.assert_array_equal(ref.unrepack_q5_0x4(rp), data)
-        got = cpu_c.repack(data, int(T.Q5_0), k) if cpu_c.lib.svdq_active_path() == cpu_c.PATHS["avx512"] else None
+        data = random_blocks(src, rows, k, 900 + k + n + int(src))
+        rp = pack(data)
+        np.testing.assert_array_equal(unpack(rp), data)
+        got = cpu_c.repack(data, int(src), k) if cpu_c.lib.svdq_active_path() == cpu_c.PATHS["avx512"] else None
         out = np.empty_like(data)
-        assert cpu_c.lib.svdq_repack(cpu_c._ptr(data, "unsigned char *"), rows, data.shape[1], int(T.Q5_0), k,
-                                     cpu_c._ptr(out, "unsigned char *")) == Q5_0X4
+        assert cpu_c.lib.svdq_repack(cpu_c._ptr(data, "unsigned char *"), rows, data.shape[1], int(src), k,
+                                     cpu_c._ptr(out, "unsigned char *")) == to
         np.testing.assert_array_equal(out, rp)
         if got is not None:
-            assert got[1] == Q5_0X4 and np.array_equal(got[0], rp)
+            assert got[1] == to and np.array_equal(got[0], rp)
         x = np.random.default_rng(n).standard_normal((n, k)).astype(np.float32)
-        q8 = ref.matmul_q8(data, T.Q5_0, x)
-        scale = (np.abs(x) @ np.abs(ref.dequantize(data, T.Q5_0)).T).max()
+        q8 = ref.matmul_q8(data, src, x)
+        scale = (np.abs(x) @ np.abs(ref.dequantize(data, src)).T).max()
         for p in cpu_c.cpu_paths():
             for nt in (1, 2, 3):
                 res = np.full((n, rows), np.nan, np.float32)
                 cpu_c.set_path(p)
                 cpu_c.set_threads(nt)
                 try:
-                    rc = cpu_c.lib.svdq_matmul(cpu_c._ptr(rp, "unsigned char *"), rows, rp.shape[1], Q5_0X4,
+                    rc = cpu_c.lib.svdq_matmul(cpu_c._ptr(rp, "unsigned char *"), rows, rp.shape[1], to,
                                                cpu_c._ptr(x, "float *"), n, k, cpu_c._ptr(res, "float *"))
                     fused = [np.full((n, rows), np.nan, np.float32), np.full((n, min(3, rows)), np.nan, np.float32)]
-                    done = cpu_c.matmul_many([rp, data[:3]], [Q5_0X4, int(T.Q5_0)], x, fused)
+                    done = cpu_c.matmul_many([rp, data[:3]], [to, int(src)], x, fused)
                 finally:
                     cpu_c.set_path(None)
                     cpu_c.set_threads(0)
@@ -184,26 +187,26 @@ def test_q5_0x4_repack_and_matmul(n):
                 if done:
                     np.testing.assert_array_equal(fused[0], res, err_msg=f"{p} {nt} {k}")
                     assert np.abs(fused[1] - q8[:, :fused[1].shape[1]]).max() / scale < 1e-5
-        want = ref.dequantize(data, T.Q5_0)
+        want = ref.dequantize(data, src)
         ids = np.array([0, rows - 1, rows // 2], np.int64)
         for name, be in backends():
             o = np.empty((3, k), np.float32)
-            be.get_rows(rp, Q5_0X4, ids, o)
+            be.get_rows(rp, to, ids, o)
             assert np.array_equal(o.view(np.uint32), want[ids].view(np.uint32)), name
     # refused: a type without a repacked layout, k not a multiple of 128, a row size that does not fit
-    d = random_blocks(T.Q5_0, 4, 96, 1)
+    d = random_blocks(src, 4, 96, 1)
     o = np.empty_like(d)
-    assert cpu_c.lib.svdq_repack(cpu_c._ptr(d, "unsigned char *"), 4, d.shape[1], int(T.Q5_0), 96,
+    assert cpu_c.lib.svdq_repack(cpu_c._ptr(d, "unsigned char *"), 4, d.shape[1], int(src), 96,
                                  cpu_c._ptr(o, "unsigned char *")) == -1
-    d = random_blocks(T.Q8_0, 4, 128, 1)
-    assert cpu_c.lib.svdq_repack(cpu_c._ptr(d, "unsigned char *"), 4, d.shape[1], int(T.Q8_0), 128,
+    d = random_blocks(T.Q4_K, 4, 256, 1)
+    assert cpu_c.lib.svdq_repack(cpu_c._ptr(d, "unsigned char *"), 4, d.shape[1], int(T.Q4_K), 256,
                                  cpu_c._ptr(np.empty_like(d), "unsigned char *")) == -1
-    d = random_blocks(T.Q5_0, 4, 128, 1)
-    assert cpu_c.lib.svdq_repack(cpu_c._ptr(d, "unsigned char *"), 4, 80, int(T.Q5_0), 128,
+    d = random_blocks(src, 4, 128, 1)
+    assert cpu_c.lib.svdq_repack(cpu_c._ptr(d, "unsigned char *"), 4, d.shape[1] - 8, int(src), 128,
                                  cpu_c._ptr(np.empty_like(d), "unsigned char *")) == -2
-    x = np.ones((1, 96), np.float32)        # Q5_0X4 rows hold whole quads of 128 values: bad size
-    assert cpu_c.lib.svdq_matmul(cpu_c._ptr(d, "unsigned char *"), 4, 66, Q5_0X4, cpu_c._ptr(x, "float *"), 1, 96,
-                                 cpu_c._ptr(np.empty((1, 4), np.float32), "float *")) == -3
+    x = np.ones((1, 96), np.float32)        # repacked rows hold whole quads of 128 values: bad size
+    assert cpu_c.lib.svdq_matmul(cpu_c._ptr(d, "unsigned char *"), 4, row_bytes(src, 96), to,
+                                 cpu_c._ptr(x, "float *"), 1, 96, cpu_c._ptr(np.empty((1, 4), np.float32), "float *")) == -3
 
 
 @pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)

@@ -149,25 +149,34 @@ def matmul_many(ws: tuple, x: np.ndarray) -> list:
 LAYER_WEIGHTS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
-def repack_layers(layers: list, release=None) -> int:
-    """Each layer weight in the backend's decode layout where it has one (the C backend on avx512:
-    Q5_0 -> Q5_0X4, as llama.cpp repacks for its CPU kernels), replacing the QWeight on its layer;
-    release(data) is then called on the original so its mapped pages leave the process. Returns
-    the bytes repacked. Weights stay in place where the backend has no such layout."""
+def repack_weights(weights, release=None) -> int:
+    """Each layer weight, and the output matrix (the token embedding where tied), in the backend's
+    decode layout where it has one (the C backend on avx512: Q5_0 -> Q5_0X4, Q8_0 -> Q8_0X4, as
+    llama.cpp repacks for its CPU kernels), replacing the QWeight where it is held; release(view)
+    is called on each copied part of the original so its mapped pages leave the process. Returns
+    the bytes repacked. Weights stay as they are where the backend has no such layout."""
     fn = getattr(backend(), "repack", None)
-    done = 0
     if fn is None:
         return 0
-    for lw in layers:
+
+    def one(w: QWeight):
+        r = fn(w.data, int(w.qtype), w.cols, release)
+        return None if r is None else QWeight(w.name, r[1], w.rows, w.cols, r[0])
+
+    done = 0
+    for lw in weights.layers:
         for name in LAYER_WEIGHTS:
-            w = getattr(lw, name)
-            r = fn(w.data, int(w.qtype), w.cols)
-            if r is None:
-                continue
-            setattr(lw, name, QWeight(w.name, r[1], w.rows, w.cols, r[0]))
-            done += r[0].nbytes
-            if release is not None:
-                release(w.data)
+            r = one(getattr(lw, name))
+            if r is not None:
+                setattr(lw, name, r)
+                done += r.data.nbytes
+    tied = weights.output is weights.tok_embd
+    r = one(weights.output)
+    if r is not None:
+        weights.output = r
+        if tied:
+            weights.tok_embd = r
+        done += r.data.nbytes
     return done
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import svdq_ref
-from ..quants import Q5_0X4, row_bytes, row_cols
+from ..quants import Q5_0X4, Q8_0X4, row_bytes, row_cols
 
 NATIVE = Path(__file__).resolve().parent.parent.parent / "native"
 PATHS = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3, "neon_dot": 4}
@@ -83,7 +83,7 @@ PREFILL_MIN_TOKENS = 4
 # weight types whose AVX2 / AVX-512 int8 kernels tile tokens (native/kernels_impl.h, mm_rows_tiled):
 # Q8_0, Q5_0, Q4_K, Q6_K. Their prefill stays on the int8 kernels, which measured faster than
 # dequantized panels + BLAS; the other types and the scalar / NEON paths keep BLAS.
-PREFILL_TILED = {8, 6, 12, 14, Q5_0X4}   # Q5_0X4: un-repacked into Q5_0 rows for the tiles
+PREFILL_TILED = {8, 6, 12, 14, Q5_0X4, Q8_0X4}   # the X4 layouts: un-repacked into rows for the tiles
 PREFILL_INT8 = True             # False: every type through BLAS (for comparisons)
 PANEL_BYTES = 64 << 20          # dequantized weight panel for batched prefill (f32)
 _scratch: dict = {}             # name -> reusable buffer, grown on demand (allocate once)
@@ -144,18 +144,27 @@ def matmul_many(datas: list, qtypes: list, x: np.ndarray, outs: list) -> bool:
 REPACK = os.environ.get("SVDQ_EDGE_REPACK", "1") != "0"    # 0: keep weights as in the file (A/B)
 
 
-def repack(data: np.ndarray, qtype: int, cols: int):
+def repack(data: np.ndarray, qtype: int, cols: int, release=None):
     """A weight's rows in the decode layout of its type where the active path has a kernel for it
-    (avx512: Q5_0 -> Q5_0X4, cols a multiple of 128) -> (new data uint8 (rows, rb), new qtype), else
-    None. The copy is the same size; the caller drops the original's pages."""
-    if not REPACK or qtype != 6 or cols % 128 or lib.svdq_active_path() != PATHS["avx512"]:
+    (avx512: Q5_0 -> Q5_0X4, Q8_0 -> Q8_0X4; cols a multiple of 128) -> (new data uint8 (rows, rb),
+    new qtype), else None. The copy is the same size; release(rows_view), where given, is called on
+    each part of the original once it is copied, so a large matrix never sits in memory twice."""
+    if not REPACK or qtype not in (6, 8) or cols % 128 or lib.svdq_active_path() != PATHS["avx512"]:  # Q5_0, Q8_0
         return None
     rows, rb = data.shape
+    if rows == 0:
+        return None
     out = np.empty((rows, rb), np.uint8)                                    # (rows, rb)
-    t = lib.svdq_repack(_ptr(np.ascontiguousarray(data), "unsigned char *"), rows, rb, qtype, cols,
-                        _ptr(out, "unsigned char *"))
-    if t < 0:
-        _ok(t, "repack")
+    step = max(1, (16 << 20) // rb)                                         # 16 MiB of rows at a time
+    t = -1
+    for r0 in range(0, rows, step):
+        part = np.ascontiguousarray(data[r0:r0 + step])
+        t = lib.svdq_repack(_ptr(part, "unsigned char *"), part.shape[0], rb, qtype, cols,
+                            _ptr(out[r0:r0 + step], "unsigned char *"))
+        if t < 0:
+            _ok(t, "repack")
+        if release is not None:
+            release(data[:r0 + part.shape[0]])
     return out, t
 
 

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..quants import LAYOUTS, Q5_0X4, REPACKED_FROM
+from ..quants import LAYOUTS, REPACKED_FROM
 
 # qtype codes (ggml)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
@@ -280,10 +280,10 @@ def _matmul_panels(data, qtype, x, out):
 
 
 def _plain(data: np.ndarray, qtype: int):
-    """A load-time repacked weight (the C backend's Q5_0X4) as the GGML blocks it came from."""
-    if qtype == Q5_0X4:
-        from .ref import unrepack_q5_0x4
-        return unrepack_q5_0x4(data), int(REPACKED_FROM[qtype])
+    """A load-time repacked weight (the C backend's Q5_0X4, Q8_0X4) as the GGML blocks it came from."""
+    if qtype in REPACKED_FROM:
+        from .ref import REPACKS
+        return REPACKS[qtype][2](data), int(REPACKED_FROM[qtype])
     return data, qtype
 
 

@@ -12,13 +12,14 @@ Block layouts (little-endian, d/m are f16 unless noted):
   Q5_K 176 B: d, dmin, scales[12], qh[32], qs[128]; as Q4_K with a 5th bit from qh
   Q6_K 210 B: ql[128], qh[64], scales int8[16], d; 16 sub-blocks of 16: x = d*sc*(q-32)
   Q5_0X4 88 B (ours, made at load time): 4 Q5_0 blocks as qs[4][16], lo mask u64, hi mask u64, d[4]
+  Q8_0X4 136 B (ours): 4 Q8_0 blocks as qs int8[4][32], d[4]
 """
 from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..quants import LAYOUTS, Q5_0X4
+from ..quants import LAYOUTS, Q5_0X4, Q8_0X4
 
 QK = 32
 
@@ -70,11 +71,35 @@ def unrepack_q5_0x4(data: np.ndarray) -> np.ndarray:
     return b.reshape(rows, -1)
 
 
+def repack_q8_0x4(data: np.ndarray) -> np.ndarray:
+    """Q8_0 rows uint8 (rows, rb), rb a multiple of 136 -> Q8_0X4: per quad of 4 blocks their 128
+    codes in order, then the 4 scales."""
+    rows = data.shape[0]
+    b = np.ascontiguousarray(data).reshape(rows, -1, 4, 34)                  # (rows, quads, 4, 34)
+    out = np.empty((rows, b.shape[1], 136), np.uint8)                          # (rows, quads, 136)
+    out[:, :, :128] = b[:, :, :, 2:34].reshape(rows, -1, 128)
+    out[:, :, 128:] = b[:, :, :, 0:2].reshape(rows, -1, 8)
+    return out.reshape(rows, -1)
+
+
+def unrepack_q8_0x4(data: np.ndarray) -> np.ndarray:
+    """Q8_0X4 rows -> the Q8_0 rows they came from."""
+    rows = data.shape[0]
+    o = np.ascontiguousarray(data).reshape(rows, -1, 136)                     # (rows, quads, 136)
+    b = np.empty((rows, o.shape[1], 4, 34), np.uint8)                          # (rows, quads, 4, 34)
+    b[:, :, :, 2:34] = o[:, :, :128].reshape(rows, -1, 4, 32)
+    b[:, :, :, 0:2] = o[:, :, 128:].reshape(rows, -1, 4, 2)
+    return b.reshape(rows, -1)
+
+
+REPACKS = {Q5_0X4: (T.Q5_0, repack_q5_0x4, unrepack_q5_0x4), Q8_0X4: (T.Q8_0, repack_q8_0x4, unrepack_q8_0x4)}
+
+
 def dequantize(data: np.ndarray, qtype: int) -> np.ndarray:
     """data: uint8 (rows, row_bytes) -> float32 (rows, cols)."""
     rows = data.shape[0]
-    if qtype == Q5_0X4:
-        return dequantize(unrepack_q5_0x4(data), T.Q5_0)
+    if qtype in REPACKS:
+        return dequantize(REPACKS[qtype][2](data), REPACKS[qtype][0])
     if qtype == T.F32:
         return np.ascontiguousarray(data).view(np.float32).reshape(rows, -1).copy()
     if qtype == T.F16:
