@@ -190,6 +190,7 @@ typedef struct {
     int8_t *k4;     /* (n, k) codes in Q4_K nibble order (prep_k4), or NULL */
     float *sdx;     /* (n, k/32) per 32 values: code sum x scale, or NULL */
     float *sf;      /* (n, k/32) per 32 values: code sum (for Q8_0X4's +128 offset), or NULL */
+    uint8_t *own;   /* the block holding them when it is not the thread's kept one (freed after) */
 } xacts;
 
 /* per 256 values the 32-value blocks in the order a Q4_K superblock's nibbles hold them: a
@@ -344,24 +345,46 @@ static int check(int T, int64_t rows, int64_t row_bytes, int64_t k) {
 #define BY_PATH_R(rc, fn, ...) rc = fn##_scalar(__VA_ARGS__)
 #endif
 
-static void xacts_free(xacts *a) {
-    free(a->q); free(a->d); free(a->s); free(a->p); free(a->b); free(a->k4); free(a->sdx); free(a->sf);
-}
+/* a decode call's activations live in a per-thread block kept between calls (grown, never more
+ * than XA_KEEP bytes: prefill batches take their own block, freed after the call) */
+#define XA_KEEP (1 << 20)
+static __thread uint8_t *xa_arena;
+static __thread size_t xa_cap;
+
+static void xacts_free(xacts *a) { free(a->own); }
 
 /* x (n, k) quantized; x4: some weight is Q5_0X4; k4: some weight is Q4_K (its avx512 decode
- * kernel reads the reordered codes, for n < 4); q8: some weight is Q8_0X4 */
+ * kernel reads the reordered codes, for n < 4); q8: some weight is Q8_0X4. One allocation. */
 static int xacts_make(xacts *a, const float *x, int64_t n, int64_t k, int x4, int k4, int q8) {
     k4 = k4 && n < 4 && k % 256 == 0;
-    a->sf = q8 ? (float *)malloc((size_t)(n * (k / 32)) * 4) : NULL;
-    if (q8 && !a->sf) return -5;
-    a->q = (int8_t *)malloc((size_t)(n * k));
-    a->d = (float *)malloc((size_t)(n * (k / 32)) * 4);
-    a->s = (int32_t *)malloc((size_t)(n * (k / 16)) * 4);
-    a->p = x4 ? (int8_t *)malloc((size_t)(n * k)) : NULL;
-    a->b = x4 ? (int32_t *)malloc((size_t)(n * (k / 8)) * 4) : NULL;
-    a->k4 = k4 ? (int8_t *)malloc((size_t)(n * k)) : NULL;
-    a->sdx = k4 ? (float *)malloc((size_t)(n * (k / 32)) * 4) : NULL;
-    if (!a->q || !a->d || !a->s || (x4 && (!a->p || !a->b)) || (k4 && (!a->k4 || !a->sdx))) { xacts_free(a); return -5; }
+#define XA_UP(b) (((size_t)(b) + 63) & ~(size_t)63)
+    const size_t nq = XA_UP(n * k), nd = XA_UP(n * (k / 32) * 4), ns = XA_UP(n * (k / 16) * 4);
+    const size_t np = x4 ? nq : 0, nb = x4 ? XA_UP(n * (k / 8) * 4) : 0, nk = k4 ? nq : 0;
+    const size_t nx = k4 ? nd : 0, nf = q8 ? nd : 0;
+    const size_t total = nq + nd + ns + np + nb + nk + nx + nf;
+#undef XA_UP
+    uint8_t *base;
+    a->own = NULL;
+    if (total <= XA_KEEP) {
+        if (total > xa_cap) {
+            uint8_t *p = (uint8_t *)aligned_alloc(64, XA_KEEP);
+            if (!p) return -5;
+            free(xa_arena);
+            xa_arena = p; xa_cap = XA_KEEP;
+        }
+        base = xa_arena;
+    } else {
+        base = a->own = (uint8_t *)aligned_alloc(64, total);
+        if (!base) return -5;
+    }
+    a->q = (int8_t *)base; base += nq;
+    a->d = (float *)base; base += nd;
+    a->s = (int32_t *)base; base += ns;
+    a->p = x4 ? (int8_t *)base : NULL; base += np;
+    a->b = x4 ? (int32_t *)base : NULL; base += nb;
+    a->k4 = k4 ? (int8_t *)base : NULL; base += nk;
+    a->sdx = k4 ? (float *)base : NULL; base += nx;
+    a->sf = q8 ? (float *)base : NULL;
     BY_PATH(quantize_q8, x, n, k, a->q, a->d, a->s);
     if (x4) prep_x4(a->q, a->s, n, k, a->p, a->b);
     if (k4) prep_k4(a->q, a->d, a->s, n, k, a->k4, a->sdx);
