@@ -26,7 +26,7 @@
 #include "svdq_edge.h"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
-       Q5_0X4 = 106, Q8_0X4 = 108 /* Q5_0, Q8_0 repacked for decode (repack_q5_0_row, repack_q8_0_row), not GGML types */ };
+       Q5_0X4 = 106, Q8_0X4 = 108 /* Q5_0, Q8_0 repacked for decode (x4_row), not GGML types */ };
 enum { PATH_AUTO = -1, PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVX512 = 2, PATH_NEON = 3, PATH_NEON_DOT = 4 };
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
@@ -95,57 +95,30 @@ __attribute__((constructor)) static void fill_code_tables(void) {
     }
 }
 
-/* Q5_0X4: Q5_0 rows regrouped, at load time, in quads of 4 blocks (128 values, 88 bytes, the same
- * bytes as the 4 blocks) so that the avx512 decode matvec takes a quad with one 64-byte load:
- *   [0, 64)  block i's 16 nibble bytes at 16i (low nibble value l, high nibble value 16 + l)
- *   [64, 72) lo mask, little-endian: bit 16i + l = block i's fifth bit of value l
- *   [72, 80) hi mask: bit 16i + l = block i's fifth bit of value 16 + l
- *   [80, 88) the 4 blocks' fp16 scales
- * The activations are put in the same order once per call (prep_x4). */
-static void repack_q5_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
-    for (int64_t q = 0; q < nb / 4; q++) {
-        uint8_t *o = dst + q * 88;
-        for (int i = 0; i < 4; i++) {
-            const uint8_t *b = src + (4 * q + i) * 22;
-            memcpy(o + 16 * i, b + 6, 16);
-            o[64 + 2 * i] = b[2]; o[64 + 2 * i + 1] = b[3];     /* qh bits 0-15 */
-            o[72 + 2 * i] = b[4]; o[72 + 2 * i + 1] = b[5];     /* qh bits 16-31 */
-            o[80 + 2 * i] = b[0]; o[80 + 2 * i + 1] = b[1];     /* d */
-        }
-    }
-}
+/* Repacked layouts, made at load time for the avx512 decode matvec: 4 blocks regrouped into one
+ * quad of the same bytes, field by field: block i's bytes [src, src + len) go to quad offset
+ * dst + len * i.
+ *   Q5_0X4 (88 bytes, 128 values): the 16 nibble bytes (low nibble value l, high value 16 + l) at
+ *     16i; a lo mask, little-endian, bit 16i + l = block i's fifth bit of value l, at 64; a hi
+ *     mask (values 16 + l) at 72; the fp16 scales at 80. One 64-byte load takes the nibbles.
+ *   Q8_0X4 (136 bytes): the 128 int8 codes in value order, then the 4 fp16 scales; two 64-byte
+ *     loads take the codes.
+ * The activations are put in the Q5_0X4 order once per call (prep_x4). */
+typedef struct { int src, len, dst; } x4_field;
+static const x4_field Q5_0X4_FIELDS[] = {{6, 16, 0}, {2, 2, 64}, {4, 2, 72}, {0, 2, 80}};
+static const x4_field Q8_0X4_FIELDS[] = {{2, 32, 0}, {0, 2, 128}};
 
-static void unrepack_q5_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
-    for (int64_t q = 0; q < nb / 4; q++) {
-        const uint8_t *o = src + q * 88;
-        for (int i = 0; i < 4; i++) {
-            uint8_t *b = dst + (4 * q + i) * 22;
-            memcpy(b + 6, o + 16 * i, 16);
-            b[2] = o[64 + 2 * i]; b[3] = o[64 + 2 * i + 1];
-            b[4] = o[72 + 2 * i]; b[5] = o[72 + 2 * i + 1];
-            b[0] = o[80 + 2 * i]; b[1] = o[80 + 2 * i + 1];
-        }
-    }
-}
-
-/* Q8_0X4: Q8_0 rows in quads of 4 blocks (128 values, 136 bytes): [0, 128) the 4 blocks' int8
- * codes in value order, [128, 136) their fp16 scales; two 64-byte loads take a quad */
-static void repack_q8_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
+/* one row of nb blocks to T's quads (T = Q5_0X4 or Q8_0X4; back = 0) or back from them (back = 1) */
+static void x4_row(const uint8_t *src, int64_t nb, int T, int back, uint8_t *dst) {
+    const x4_field *f = T == Q5_0X4 ? Q5_0X4_FIELDS : Q8_0X4_FIELDS;
+    const int nf = T == Q5_0X4 ? 4 : 2, bb = T == Q5_0X4 ? 22 : 34;
     for (int64_t q = 0; q < nb / 4; q++)
-        for (int i = 0; i < 4; i++) {
-            const uint8_t *b = src + (4 * q + i) * 34;
-            memcpy(dst + q * 136 + 32 * i, b + 2, 32);
-            memcpy(dst + q * 136 + 128 + 2 * i, b, 2);
-        }
-}
-
-static void unrepack_q8_0_row(const uint8_t *src, int64_t nb, uint8_t *dst) {
-    for (int64_t q = 0; q < nb / 4; q++)
-        for (int i = 0; i < 4; i++) {
-            uint8_t *b = dst + (4 * q + i) * 34;
-            memcpy(b + 2, src + q * 136 + 32 * i, 32);
-            memcpy(b, src + q * 136 + 128 + 2 * i, 2);
-        }
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < nf; j++) {
+                const int64_t b = (4 * q + i) * bb + f[j].src, o = q * 4 * bb + f[j].dst + f[j].len * i;
+                if (back) memcpy(dst + b, src + o, (size_t)f[j].len);
+                else memcpy(dst + o, src + b, (size_t)f[j].len);
+            }
 }
 
 /* the activations in quad order for Q5_0X4: xp (n, k) codes, per quad [values 0-15 of blocks
@@ -1029,7 +1002,7 @@ int svdq_repack(const unsigned char *w, long long rows, long long row_bytes, int
     int e = check(T, rows, row_bytes, k);
     if (e) return e;
     if ((T != Q5_0 && T != Q8_0) || k % 128) return -1;
-    for (long long r = 0; r < rows; r++)
-        (T == Q5_0 ? repack_q5_0_row : repack_q8_0_row)(w + r * row_bytes, k / 32, dst + r * row_bytes);
-    return T == Q5_0 ? Q5_0X4 : Q8_0X4;
+    const int to = T == Q5_0 ? Q5_0X4 : Q8_0X4;
+    for (long long r = 0; r < rows; r++) x4_row(w + r * row_bytes, k / 32, to, 0, dst + r * row_bytes);
+    return to;
 }

@@ -502,7 +502,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_k512)(const uint8_t
     }
 }
 
-/* Q8_0X4 rows [r0, r1) (kernels.c: repack_q8_0_row), n < 4 tokens: a quad of 4 blocks is two
+/* Q8_0X4 rows [r0, r1) (kernels.c: x4_row), n < 4 tokens: a quad of 4 blocks is two
  * 64-byte loads of codes in value order, made unsigned (w + 128) for two vpdpbusd against the
  * activations as they are; lanes 0-7 and 8-15 of each are one block, scaled in float by d dx;
  * the +128 comes off as 128 sum_b d_b dx_b S_b (sf: the blocks' code sums). */
@@ -540,7 +540,7 @@ static inline __attribute__((always_inline)) void FN(mm_rows_q8x4)(const uint8_t
     }
 }
 
-/* Q5_0X4 rows [r0, r1) (kernels.c: repack_q5_0_row), n < 4 tokens: a quad of 4 blocks is one
+/* Q5_0X4 rows [r0, r1) (kernels.c: x4_row), n < 4 tokens: a quad of 4 blocks is one
  * 64-byte nibble load, split into two zmm of codes (values 0-15 and 16-31 of each block) whose
  * fifth bits come from two 64-bit masks, then two vpdpbusd against the activations in the same
  * order (xp) starting from the codes' offset (xb). Lanes 4i..4i+3 hold block i's dot, scaled in
@@ -1059,8 +1059,7 @@ static int FN(mm_x4_rows)(const uint8_t *w, int64_t rb, const int T, const int8_
     if (!tmp) return -5;
     for (int64_t a = r0; a < r1; a += X4_CHUNK) {
         const int64_t m = r1 - a < X4_CHUNK ? r1 - a : X4_CHUNK;
-        for (int64_t r = 0; r < m; r++)
-            (T == Q5_0X4 ? unrepack_q5_0_row : unrepack_q8_0_row)(w + (a + r) * rb, k / 32, tmp + r * rb);
+        for (int64_t r = 0; r < m; r++) x4_row(w + (a + r) * rb, k / 32, T, 1, tmp + r * rb);
         if (T == Q5_0X4) FN(mm_Q5_0)(tmp, rb, xq, xd, xs, n, k, 0, m, rows, out + a);
         else FN(mm_Q8_0)(tmp, rb, xq, xd, xs, n, k, 0, m, rows, out + a);
     }

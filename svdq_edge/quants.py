@@ -27,7 +27,7 @@ LAYOUTS: dict[int, tuple[int, int]] = {
 SUPPORTED = frozenset(LAYOUTS)      # types a GGUF file may hold
 
 # Weight layouts of our own, made at load time for a kernel (never in a file), in quads of 4 blocks
-# (native/kernels.c, repack_q5_0_row / repack_q8_0_row):
+# (native/kernels.c, x4_row):
 #   Q5_0X4 88 B: qs[4][16], 64-bit masks of the fifth bits of values 0-15 and 16-31 (bit 16 i + l
 #                for block i), d[4]
 #   Q8_0X4 136 B: qs int8[4][32] (the 128 values in order), d[4]

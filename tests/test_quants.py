@@ -154,11 +154,10 @@ def test_repacked_x4_matmul(src, n):
     from svdq_edge.kernels import cpu_c
     from svdq_edge.quants import Q5_0X4, Q8_0X4
     to = {T.Q5_0: Q5_0X4, T.Q8_0: Q8_0X4}[src]
-    pack, unpack = ref.REPACKS[to][1], ref.REPACKS[to][2]
     for k, rows in [(128, 1), (640, 37), (896, 70), (1024, 150)]:
         data = random_blocks(src, rows, k, 900 + k + n + int(src))
-        rp = pack(data)
-        np.testing.assert_array_equal(unpack(rp), data)
+        rp = ref.repack_x4(data, to)
+        np.testing.assert_array_equal(ref.unrepack_x4(rp, to), data)
         got = cpu_c.repack(data, int(src), k) if cpu_c.lib.svdq_active_path() == cpu_c.PATHS["avx512"] else None
         out = np.empty_like(data)
         assert cpu_c.lib.svdq_repack(cpu_c._ptr(data, "unsigned char *"), rows, data.shape[1], int(src), k,

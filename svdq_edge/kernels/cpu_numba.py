@@ -282,8 +282,8 @@ def _matmul_panels(data, qtype, x, out):
 def _plain(data: np.ndarray, qtype: int):
     """A load-time repacked weight (the C backend's Q5_0X4, Q8_0X4) as the GGML blocks it came from."""
     if qtype in REPACKED_FROM:
-        from .ref import REPACKS
-        return REPACKS[qtype][2](data), int(REPACKED_FROM[qtype])
+        from .ref import unrepack_x4
+        return unrepack_x4(data, qtype), int(REPACKED_FROM[qtype])
     return data, qtype
 
 

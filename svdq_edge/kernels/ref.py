@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..quants import LAYOUTS, Q5_0X4, Q8_0X4
+from ..quants import LAYOUTS, Q5_0X4, Q8_0X4, REPACKED_FROM
 
 QK = 32
 
@@ -45,61 +45,41 @@ def _scale_min_k4(scales: np.ndarray):
     return sc, mn
 
 
-def repack_q5_0x4(data: np.ndarray) -> np.ndarray:
-    """Q5_0 rows uint8 (rows, rb), rb a multiple of 88 -> the same rows as Q5_0X4 (the oracle of the
-    C repack): per quad of 4 blocks qs[4][16], the fifth bits of values 0-15 then 16-31 as two
-    little-endian 64-bit masks (bit 16 i + l for block i), d[4]."""
+# quads of 4 blocks: (block bytes, [(field start, field length, quad offset)]): block i's field goes
+# to quad offset + length * i (Q5_0X4: nibbles, fifth bits of values 0-15 and 16-31, scales;
+# Q8_0X4: codes, scales)
+X4_FIELDS = {Q5_0X4: (22, [(6, 16, 0), (2, 2, 64), (4, 2, 72), (0, 2, 80)]),
+             Q8_0X4: (34, [(2, 32, 0), (0, 2, 128)])}
+
+
+def repack_x4(data: np.ndarray, to: int) -> np.ndarray:
+    """Q5_0 / Q8_0 rows uint8 (rows, rb), whole quads of 4 blocks -> the same rows in layout `to`
+    (Q5_0X4 / Q8_0X4): the oracle of the C repack."""
+    bb, fields = X4_FIELDS[to]
     rows = data.shape[0]
-    b = np.ascontiguousarray(data).reshape(rows, -1, 4, 22)                  # (rows, quads, 4, 22)
-    out = np.empty((rows, b.shape[1], 88), np.uint8)                           # (rows, quads, 88)
-    out[:, :, :64] = b[:, :, :, 6:22].reshape(rows, -1, 64)
-    out[:, :, 64:72] = b[:, :, :, 2:4].reshape(rows, -1, 8)
-    out[:, :, 72:80] = b[:, :, :, 4:6].reshape(rows, -1, 8)
-    out[:, :, 80:88] = b[:, :, :, 0:2].reshape(rows, -1, 8)
+    b = np.ascontiguousarray(data).reshape(rows, -1, 4, bb)                  # (rows, quads, 4, bb)
+    out = np.empty((rows, b.shape[1], 4 * bb), np.uint8)                       # (rows, quads, 4 bb)
+    for s0, n, o in fields:
+        out[:, :, o:o + 4 * n] = b[:, :, :, s0:s0 + n].reshape(rows, -1, 4 * n)
     return out.reshape(rows, -1)
 
 
-def unrepack_q5_0x4(data: np.ndarray) -> np.ndarray:
-    """Q5_0X4 rows -> the Q5_0 rows they came from."""
+def unrepack_x4(data: np.ndarray, frm: int) -> np.ndarray:
+    """Rows in layout `frm` (Q5_0X4 / Q8_0X4) -> the Q5_0 / Q8_0 rows they came from."""
+    bb, fields = X4_FIELDS[frm]
     rows = data.shape[0]
-    o = np.ascontiguousarray(data).reshape(rows, -1, 88)                      # (rows, quads, 88)
-    b = np.empty((rows, o.shape[1], 4, 22), np.uint8)                          # (rows, quads, 4, 22)
-    b[:, :, :, 6:22] = o[:, :, :64].reshape(rows, -1, 4, 16)
-    b[:, :, :, 2:4] = o[:, :, 64:72].reshape(rows, -1, 4, 2)
-    b[:, :, :, 4:6] = o[:, :, 72:80].reshape(rows, -1, 4, 2)
-    b[:, :, :, 0:2] = o[:, :, 80:88].reshape(rows, -1, 4, 2)
+    o_ = np.ascontiguousarray(data).reshape(rows, -1, 4 * bb)                 # (rows, quads, 4 bb)
+    b = np.empty((rows, o_.shape[1], 4, bb), np.uint8)                         # (rows, quads, 4, bb)
+    for s0, n, o in fields:
+        b[:, :, :, s0:s0 + n] = o_[:, :, o:o + 4 * n].reshape(rows, -1, 4, n)
     return b.reshape(rows, -1)
-
-
-def repack_q8_0x4(data: np.ndarray) -> np.ndarray:
-    """Q8_0 rows uint8 (rows, rb), rb a multiple of 136 -> Q8_0X4: per quad of 4 blocks their 128
-    codes in order, then the 4 scales."""
-    rows = data.shape[0]
-    b = np.ascontiguousarray(data).reshape(rows, -1, 4, 34)                  # (rows, quads, 4, 34)
-    out = np.empty((rows, b.shape[1], 136), np.uint8)                          # (rows, quads, 136)
-    out[:, :, :128] = b[:, :, :, 2:34].reshape(rows, -1, 128)
-    out[:, :, 128:] = b[:, :, :, 0:2].reshape(rows, -1, 8)
-    return out.reshape(rows, -1)
-
-
-def unrepack_q8_0x4(data: np.ndarray) -> np.ndarray:
-    """Q8_0X4 rows -> the Q8_0 rows they came from."""
-    rows = data.shape[0]
-    o = np.ascontiguousarray(data).reshape(rows, -1, 136)                     # (rows, quads, 136)
-    b = np.empty((rows, o.shape[1], 4, 34), np.uint8)                          # (rows, quads, 4, 34)
-    b[:, :, :, 2:34] = o[:, :, :128].reshape(rows, -1, 4, 32)
-    b[:, :, :, 0:2] = o[:, :, 128:].reshape(rows, -1, 4, 2)
-    return b.reshape(rows, -1)
-
-
-REPACKS = {Q5_0X4: (T.Q5_0, repack_q5_0x4, unrepack_q5_0x4), Q8_0X4: (T.Q8_0, repack_q8_0x4, unrepack_q8_0x4)}
 
 
 def dequantize(data: np.ndarray, qtype: int) -> np.ndarray:
     """data: uint8 (rows, row_bytes) -> float32 (rows, cols)."""
     rows = data.shape[0]
-    if qtype in REPACKS:
-        return dequantize(REPACKS[qtype][2](data), REPACKS[qtype][0])
+    if qtype in X4_FIELDS:
+        return dequantize(unrepack_x4(data, qtype), REPACKED_FROM[qtype])
     if qtype == T.F32:
         return np.ascontiguousarray(data).view(np.float32).reshape(rows, -1).copy()
     if qtype == T.F16:
