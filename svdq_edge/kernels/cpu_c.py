@@ -63,6 +63,15 @@ def _ptr(a: np.ndarray, ctype: str):
     return ffi.cast(ctype, ffi.from_buffer(a))
 
 
+def _held_ptr(store: dict, name: str, a: np.ndarray, ctype: str):
+    """Pointer to a long-lived buffer (a cache's arrays, RoPE tables, score scratch), made once per
+    buffer: store holds the buffer beside its pointer, so `is` identifies it."""
+    hit = store.get(name)
+    if hit is None or hit[0] is not a:
+        hit = store[name] = (a, _ptr(a, ctype))
+    return hit[1]
+
+
 def _ok(rc: int, what: str) -> None:
     if rc != 0:
         raise ValueError(f"{what}: {ERRORS.get(rc, f'error {rc}')}")
@@ -202,12 +211,7 @@ class PackedScorer:
                       _ptr(sc, "unsigned short *"), _ptr(m_, "unsigned short *"), nblk)
 
     def _p(self, name: str, a: np.ndarray, ctype: str):
-        """Pointer to a long-lived buffer (the cache's K window, V, score scratch), made once per
-        buffer: the buffer is held here, so `is` identifies it."""
-        hit = self._ptrs.get(name)
-        if hit is None or hit[0] is not a:
-            hit = self._ptrs[name] = (a, _ptr(a, ctype))
-        return hit[1]
+        return _held_ptr(self._ptrs, name, a, ctype)
 
     def attend(self, q: np.ndarray, vmu: np.ndarray, kf: np.ndarray, sinks: int, nwin: int, v: np.ndarray,
                topk: int, scores: np.ndarray, rot=None, vtype: int = 1) -> np.ndarray:
@@ -353,13 +357,10 @@ class DenseDecoder:
     tables are made once per array object (the cache reallocates them only when it grows)."""
 
     def __init__(self):
-        self._p: dict = {}
+        self._ptrs: dict = {}
 
     def _ptr(self, name: str, a: np.ndarray, ctype: str):
-        hit = self._p.get(name)
-        if hit is None or hit[0] is not a:
-            hit = self._p[name] = (a, _ptr(a, ctype))
-        return hit[1]
+        return _held_ptr(self._ptrs, name, a, ctype)
 
     def __call__(self, kc: np.ndarray, vc: np.ndarray, row: int, lo: int, k: np.ndarray, v: np.ndarray,
                  q: np.ndarray, scale: float, cos: np.ndarray, sin: np.ndarray, pos: int, neox: bool) -> np.ndarray:
